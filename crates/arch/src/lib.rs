@@ -1,0 +1,5 @@
+//! x86_64 platform setup for Ember: guest memory layout, kernel loading and boot
+//! protocols (PVH and the Linux 64-bit boot protocol), initial vCPU state, and ACPI tables.
+
+pub mod acpi;
+pub mod layout;
