@@ -3,3 +3,7 @@
 
 pub mod acpi;
 pub mod layout;
+pub mod boot;
+pub mod cpuid;
+pub mod memory;
+pub mod regs;

@@ -1,1 +1,8 @@
-//! placeholder
+//! Legacy platform devices for Ember (16550 serial console, i8042 reset controller) and the
+//! address-range bus that routes vCPU port I/O and MMIO exits to devices.
+
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};

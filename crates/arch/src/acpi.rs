@@ -1,1 +1,0 @@
-//! ACPI tables (placeholder).

@@ -1,0 +1,154 @@
+//! VM configuration: plain serde structs, independent of any runtime object. The CLI, the
+//! Firecracker-schema config file and (later) the API all produce a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// Default number of vCPUs.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel, initrd and command line.
+    pub boot: BootConfig,
+    /// vCPUs and memory.
+    #[serde(default)]
+    pub machine: MachineConfig,
+    /// Where the serial console goes.
+    #[serde(default)]
+    pub serial: SerialConfig,
+}
+
+/// What to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// ELF `vmlinux` (PVH or 64-bit entry) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; [`DEFAULT_CMDLINE`] when absent.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+impl BootConfig {
+    /// A boot configuration for `kernel` with no initrd and the default command line.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+        }
+    }
+
+    /// The command line the guest gets.
+    pub fn effective_cmdline(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+}
+
+/// vCPU and memory sizing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u64,
+    /// Present vCPUs as hyper-thread pairs (two threads per core).
+    #[serde(default)]
+    pub smt: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: DEFAULT_VCPUS,
+            mem_size_mib: DEFAULT_MEM_MIB,
+            smt: false,
+        }
+    }
+}
+
+/// Serial console wiring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialConfig {
+    /// Guest output to stdout, stdin to the guest.
+    #[default]
+    Stdio,
+    /// Guest output written to a file (created or truncated); no input.
+    File(PathBuf),
+    /// No console at all (the UART still exists, its output is discarded).
+    None,
+}
+
+impl VmConfig {
+    /// A configuration for `kernel` with defaults everywhere else.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            boot: BootConfig::new(kernel),
+            machine: MachineConfig::default(),
+            serial: SerialConfig::default(),
+        }
+    }
+}
+
+/// Errors from parsing sizes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid size `{0}`: expected a number of bytes or a number with K, M, G or T (e.g. 256M)")]
+pub struct SizeError(pub String);
+
+/// Parses `128M`, `1G`, `512MiB`, `536870912` (bytes) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
+    let err = || SizeError(s.to_string());
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last().ok_or_else(err)?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 10),
+        'M' => (&t[..t.len() - 1], 20),
+        'G' => (&t[..t.len() - 1], 30),
+        'T' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| err())?;
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("536870912"), Ok(536_870_912));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        for bad in ["", "M", "-1M", "1.5G", "12X", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let mut c = VmConfig::new("/k");
+        c.serial = SerialConfig::File("/tmp/out".into());
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
+        assert_eq!(c.boot.effective_cmdline(), DEFAULT_CMDLINE);
+    }
+}
