@@ -16,7 +16,9 @@ use ember_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use ember_devices::serial::{SerialInput, SerialPort, COM1_BASE, COM1_LEN};
 use ember_devices::{Bus, BusError};
 use ember_vcpu::{register_kick_signal, RunControl, Vcpu};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -181,13 +183,22 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             max: 1 << (phys_bits - 20),
         })?;
     let mut kernel_file = open("kernel", &config.boot.kernel)?;
-    let mut initrd_file = config.boot.initrd.as_deref().map(|p| open("initrd", p)).transpose()?;
+    let mut initrd_file = config
+        .boot
+        .initrd
+        .as_deref()
+        .map(|p| open("initrd", p))
+        .transpose()?;
 
     let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
     let memory = create_guest_memory(mem_bytes, phys_bits)?;
     register_memory(&vm_fd, &memory)?;
-    vm_fd.set_tss_address(0xfffb_d000).map_err(kvm_err("set the TSS address"))?;
-    vm_fd.create_irq_chip().map_err(kvm_err("create the interrupt controller"))?;
+    vm_fd
+        .set_tss_address(0xfffb_d000)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("create the interrupt controller"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -196,10 +207,17 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
 
     let latch = Arc::new(ExitLatch::default());
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(device_err("i8042"))?;
-    let mut events = EventLoop::new(reset_evt.try_clone().map_err(device_err("i8042"))?, latch.clone())
-        .map_err(device_err("event loop"))?;
+    let mut events = EventLoop::new(
+        reset_evt.try_clone().map_err(device_err("i8042"))?,
+        latch.clone(),
+    )
+    .map_err(device_err("event loop"))?;
     let mut pio = Bus::new();
-    pio.insert(Arc::new(Mutex::new(I8042::new(reset_evt))), I8042_BASE, I8042_LEN)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(reset_evt))),
+        I8042_BASE,
+        I8042_LEN,
+    )?;
     setup_serial(&vm_fd, &config.serial, &mut pio, &mut events)?;
 
     let rsdp = create_acpi_tables(
@@ -213,14 +231,21 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         path: config.boot.kernel.clone(),
         err,
     })?;
-    log::debug!("kernel entry {:#x} ({:?})", kernel.entry.addr.0, kernel.entry.mode);
-    let initrd = match (&mut initrd_file, &config.boot.initrd) {
-        (Some(f), Some(path)) => Some(boot::load_initrd(&memory, &kernel, f).map_err(|err| BuildError::Boot {
-            path: path.clone(),
-            err,
-        })?),
-        _ => None,
-    };
+    log::debug!(
+        "kernel entry {:#x} ({:?})",
+        kernel.entry.addr.0,
+        kernel.entry.mode
+    );
+    let initrd =
+        match (&mut initrd_file, &config.boot.initrd) {
+            (Some(f), Some(path)) => Some(boot::load_initrd(&memory, &kernel, f).map_err(
+                |err| BuildError::Boot {
+                    path: path.clone(),
+                    err,
+                },
+            )?),
+            _ => None,
+        };
     let info = BootInfo {
         cmdline: config.boot.effective_cmdline().as_bytes(),
         initrd,
@@ -266,7 +291,8 @@ fn register_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<(), BuildEr
         };
         // SAFETY: the region is a live mapping owned by `memory`, which the returned Vm keeps
         // for as long as the VM fd exists, and slots do not overlap.
-        unsafe { vm_fd.set_user_memory_region(mem_region) }.map_err(kvm_err("register guest memory"))?;
+        unsafe { vm_fd.set_user_memory_region(mem_region) }
+            .map_err(kvm_err("register guest memory"))?;
     }
     Ok(())
 }
@@ -279,11 +305,13 @@ fn setup_serial(
 ) -> Result<(), BuildError> {
     let out: Box<dyn Write + Send> = match config {
         SerialConfig::Stdio => Box::new(std::io::stdout()),
-        SerialConfig::File(path) => Box::new(File::create(path).map_err(|err| BuildError::Open {
-            what: "serial output file",
-            path: path.clone(),
-            err,
-        })?),
+        SerialConfig::File(path) => {
+            Box::new(File::create(path).map_err(|err| BuildError::Open {
+                what: "serial output file",
+                path: path.clone(),
+                err,
+            })?)
+        }
         SerialConfig::None => Box::new(std::io::sink()),
     };
     let irq = EventFd::new(EFD_NONBLOCK).map_err(device_err("serial"))?;
@@ -294,7 +322,11 @@ fn setup_serial(
     let port = Arc::new(Mutex::new(port));
     pio.insert(port.clone(), COM1_BASE, COM1_LEN)?;
     if *config == SerialConfig::Stdio {
-        events.add(Arc::new(Mutex::new(SerialInput::new(port, libc::STDIN_FILENO, drained))));
+        events.add(Arc::new(Mutex::new(SerialInput::new(
+            port,
+            libc::STDIN_FILENO,
+            drained,
+        ))));
     }
     let _ = layout::COM1_IRQ;
     Ok(())

@@ -61,8 +61,9 @@ struct RunArgs {
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.parse()
-        .map_err(|_| format!("invalid log level `{s}`: expected off, error, warn, info, debug or trace"))
+    s.parse().map_err(|_| {
+        format!("invalid log level `{s}`: expected off, error, warn, info, debug or trace")
+    })
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -71,7 +72,9 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
         "none" => Ok(SerialConfig::None),
         _ => match s.strip_prefix("file:") {
             Some(path) if !path.is_empty() => Ok(SerialConfig::File(path.into())),
-            _ => Err(format!("invalid --serial `{s}`: expected stdio, file:PATH or none")),
+            _ => Err(format!(
+                "invalid --serial `{s}`: expected stdio, file:PATH or none"
+            )),
         },
     }
 }
@@ -95,12 +98,19 @@ fn to_config(args: &RunArgs) -> Result<VmConfig, String> {
         config.machine.vcpus = u8::try_from(cpus)
             .ok()
             .filter(|&n| n <= ember::MAX_VCPUS)
-            .ok_or_else(|| format!("invalid vCPU count {cpus}: must be between 1 and {}", ember::MAX_VCPUS))?;
+            .ok_or_else(|| {
+                format!(
+                    "invalid vCPU count {cpus}: must be between 1 and {}",
+                    ember::MAX_VCPUS
+                )
+            })?;
     }
     if let Some(memory) = &args.memory {
         let bytes = ember::config::parse_size(memory).map_err(|e| e.to_string())?;
         if bytes % (1 << 20) != 0 {
-            return Err(format!("invalid memory size `{memory}`: must be a whole number of MiB"));
+            return Err(format!(
+                "invalid memory size `{memory}`: must be a whole number of MiB"
+            ));
         }
         config.machine.mem_size_mib = bytes >> 20;
     }
@@ -204,7 +214,17 @@ mod tests {
 
     #[test]
     fn flags_map_onto_the_config() {
-        let c = to_config(&args(&["--kernel", "k", "--cpus", "2", "--memory", "1G", "--serial", "file:/tmp/x"])).unwrap();
+        let c = to_config(&args(&[
+            "--kernel",
+            "k",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--serial",
+            "file:/tmp/x",
+        ]))
+        .unwrap();
         assert_eq!((c.machine.vcpus, c.machine.mem_size_mib), (2, 1024));
         assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));
         assert_eq!(c.boot.cmdline, None);
@@ -214,13 +234,25 @@ mod tests {
     fn bad_flags_are_rejected_with_a_reason() {
         for (argv, needle) in [
             (&["--kernel", "k", "--memory", "lots"][..], "invalid size"),
-            (&["--kernel", "k", "--memory", "1000K"][..], "whole number of MiB"),
-            (&["--kernel", "k", "--cpus", "999"][..], "invalid vCPU count 999"),
-            (&["--kernel", "k", "--serial", "tcp:1"][..], "invalid --serial"),
+            (
+                &["--kernel", "k", "--memory", "1000K"][..],
+                "whole number of MiB",
+            ),
+            (
+                &["--kernel", "k", "--cpus", "999"][..],
+                "invalid vCPU count 999",
+            ),
+            (
+                &["--kernel", "k", "--serial", "tcp:1"][..],
+                "invalid --serial",
+            ),
         ] {
             let err = to_config(&args(argv)).unwrap_err();
             assert!(err.contains(needle), "{err}");
         }
-        assert!(Cli::try_parse_from(["ember", "run"]).is_err(), "kernel or config file required");
+        assert!(
+            Cli::try_parse_from(["ember", "run"]).is_err(),
+            "kernel or config file required"
+        );
     }
 }

@@ -59,7 +59,8 @@ pub(crate) struct EventLoop {
 impl EventLoop {
     /// A loop that records a reset in `latch` when `reset` is signalled.
     pub fn new(reset: EventFd, latch: Arc<ExitLatch>) -> std::io::Result<Self> {
-        let mut manager = EventManager::<Subscriber>::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let mut manager = EventManager::<Subscriber>::new()
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let done = Arc::new(AtomicBool::new(false));
         manager.add_subscriber(Arc::new(Mutex::new(VmEvents {
@@ -89,14 +90,18 @@ impl EventLoop {
             return Ok(());
         };
         let done = self.done.clone();
-        self.thread = Some(std::thread::Builder::new().name("ember-events".into()).spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                if let Err(e) = manager.run() {
-                    log::error!("event loop failed: {e:?}");
-                    break;
-                }
-            }
-        })?);
+        self.thread = Some(
+            std::thread::Builder::new()
+                .name("ember-events".into())
+                .spawn(move || {
+                    while !done.load(Ordering::SeqCst) {
+                        if let Err(e) = manager.run() {
+                            log::error!("event loop failed: {e:?}");
+                            break;
+                        }
+                    }
+                })?,
+        );
         Ok(())
     }
 

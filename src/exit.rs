@@ -48,7 +48,9 @@ impl ExitReason {
             VcpuStop::TripleFault => ExitReason::TripleFault { vcpu },
             VcpuStop::Crash => ExitReason::Crash { vcpu },
             VcpuStop::InternalError(sub) => error(format!("KVM internal error (suberror {sub})")),
-            VcpuStop::FailEntry(reason) => error(format!("KVM failed to enter the guest (hardware reason {reason:#x})")),
+            VcpuStop::FailEntry(reason) => error(format!(
+                "KVM failed to enter the guest (hardware reason {reason:#x})"
+            )),
             VcpuStop::UnexpectedExit(what) => error(format!("unexpected exit: {what}")),
             VcpuStop::RunFailed(err) => error(format!("KVM_RUN failed: {err}")),
         }
@@ -88,14 +90,20 @@ impl ExitLatch {
 
     /// The recorded reason, if any.
     pub fn get(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits for a reason, up to `timeout` (forever when `None`).
     pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitReason> {
         let r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         let r = match timeout {
-            None => self.set.wait_while(r, |r| r.is_none()).unwrap_or_else(|p| p.into_inner()),
+            None => self
+                .set
+                .wait_while(r, |r| r.is_none())
+                .unwrap_or_else(|p| p.into_inner()),
             Some(t) => {
                 self.set
                     .wait_timeout_while(r, t, |r| r.is_none())

@@ -109,7 +109,8 @@ pub fn parse(text: &str, path: &Path) -> Result<VmConfig, ConfigFileError> {
     if boot.is_null() {
         return Err(ConfigFileError::Missing("boot-source"));
     }
-    let boot: FcBootSource = serde_json::from_value(boot).map_err(|e| in_section(path, "boot-source", e))?;
+    let boot: FcBootSource =
+        serde_json::from_value(boot).map_err(|e| in_section(path, "boot-source", e))?;
     let mut config = VmConfig {
         boot: BootConfig {
             kernel: boot.kernel_image_path,
@@ -123,13 +124,19 @@ pub fn parse(text: &str, path: &Path) -> Result<VmConfig, ConfigFileError> {
         let m: FcMachineConfig =
             serde_json::from_value(machine).map_err(|e| in_section(path, "machine-config", e))?;
         if m.track_dirty_pages {
-            return Err(ConfigFileError::UnsupportedSetting("machine-config.track_dirty_pages".into()));
+            return Err(ConfigFileError::UnsupportedSetting(
+                "machine-config.track_dirty_pages".into(),
+            ));
         }
         if m.huge_pages.as_deref().is_some_and(|h| h != "None") {
-            return Err(ConfigFileError::UnsupportedSetting("machine-config.huge_pages".into()));
+            return Err(ConfigFileError::UnsupportedSetting(
+                "machine-config.huge_pages".into(),
+            ));
         }
         if m.cpu_template.as_deref().is_some_and(|t| t != "None") {
-            return Err(ConfigFileError::UnsupportedSetting("machine-config.cpu_template".into()));
+            return Err(ConfigFileError::UnsupportedSetting(
+                "machine-config.cpu_template".into(),
+            ));
         }
         config.machine = MachineConfig {
             vcpus: m.vcpu_count,
@@ -180,19 +187,33 @@ mod tests {
 
     #[test]
     fn unsupported_and_unknown_sections_are_named() {
-        let drives = r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [{"drive_id": "root"}]}"#;
-        assert_eq!(p(drives).unwrap_err().to_string(), "config file section `drives` is not supported by this version of Ember");
+        let drives =
+            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [{"drive_id": "root"}]}"#;
+        assert_eq!(
+            p(drives).unwrap_err().to_string(),
+            "config file section `drives` is not supported by this version of Ember"
+        );
         let unknown = r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1}"#;
-        assert_eq!(p(unknown).unwrap_err().to_string(), "unknown config file section `bogus`");
+        assert_eq!(
+            p(unknown).unwrap_err().to_string(),
+            "unknown config file section `bogus`"
+        );
     }
 
     #[test]
     fn malformed_input_is_reported_with_context() {
         assert!(matches!(p("{"), Err(ConfigFileError::Malformed { .. })));
         assert!(matches!(p("[]"), Err(ConfigFileError::Malformed { .. })));
-        assert!(matches!(p("{}"), Err(ConfigFileError::Missing("boot-source"))));
+        assert!(matches!(
+            p("{}"),
+            Err(ConfigFileError::Missing("boot-source"))
+        ));
         let err = p(r#"{"boot-source": {"kernel_image_path": "k", "typo": 1}}"#).unwrap_err();
-        assert!(err.to_string().contains("in `boot-source`: unknown field `typo`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in `boot-source`: unknown field `typo`"),
+            "{err}"
+        );
         let err = p(r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 300, "mem_size_mib": 1}}"#).unwrap_err();
         assert!(err.to_string().contains("machine-config"), "{err}");
         let err = p(r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 1, "huge_pages": "2M"}}"#).unwrap_err();

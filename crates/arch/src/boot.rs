@@ -96,7 +96,9 @@ pub struct LoadedKernel {
 /// Loads an ELF (PVH entry preferred) or bzImage kernel into `mem`.
 pub fn load_kernel(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKernel, BootError> {
     let mut magic = [0u8; 4];
-    image.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    image
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     if let Err(e) = image.read_exact(&mut magic) {
         return match e.kind() {
             std::io::ErrorKind::UnexpectedEof => Err(BootError::UnknownKernelFormat),
@@ -145,7 +147,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKern
 
 /// Top of RAM below the 32-bit MMIO hole.
 fn low_mem_end(mem: &GuestMemoryMmap) -> u64 {
-    let size: u64 = mem.iter().map(|r| vm_memory::GuestMemoryRegion::len(r)).sum();
+    let size: u64 = mem
+        .iter()
+        .map(|r| vm_memory::GuestMemoryRegion::len(r))
+        .sum();
     size.min(MMIO_HOLE_START)
 }
 
@@ -156,8 +161,12 @@ pub fn load_initrd(
     kernel: &LoadedKernel,
     initrd: &mut File,
 ) -> Result<(GuestAddress, u64), BootError> {
-    let size = initrd.seek(SeekFrom::End(0)).map_err(BootError::ReadInitrd)?;
-    initrd.seek(SeekFrom::Start(0)).map_err(BootError::ReadInitrd)?;
+    let size = initrd
+        .seek(SeekFrom::End(0))
+        .map_err(BootError::ReadInitrd)?;
+    initrd
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadInitrd)?;
     let mut top = low_mem_end(mem);
     if let Some(hdr) = kernel.setup_header {
         if hdr.initrd_addr_max != 0 {
@@ -218,7 +227,10 @@ pub fn write_boot_info(
 
 /// The memory map both boot protocols describe: (start, size, type).
 fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
-    let size: u64 = mem.iter().map(|r| vm_memory::GuestMemoryRegion::len(r)).sum();
+    let size: u64 = mem
+        .iter()
+        .map(|r| vm_memory::GuestMemoryRegion::len(r))
+        .sum();
     let mut map = vec![(0, EBDA_START, E820_RAM)];
     map.push((ACPI_START, ACPI_SIZE, E820_RESERVED));
     for (start, len) in ram_regions(size) {
@@ -304,7 +316,8 @@ fn write_pvh_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), BootErro
             size,
             ..Default::default()
         };
-        mem.write_obj(module, addr).map_err(BootError::GuestMemory)?;
+        mem.write_obj(module, addr)
+            .map_err(BootError::GuestMemory)?;
         start_info.nr_modules = 1;
         start_info.modlist_paddr = addr.raw_value();
     }

@@ -131,7 +131,14 @@ mod tests {
     use super::*;
 
     fn table() -> CpuId {
-        let leaves = [(1, 0), (0xb, 0), (0xb, 1), (0xb, 2), (0x8000_0008, 0), (0xa, 0)];
+        let leaves = [
+            (1, 0),
+            (0xb, 0),
+            (0xb, 1),
+            (0xb, 2),
+            (0x8000_0008, 0),
+            (0xa, 0),
+        ];
         let entries: Vec<kvm_cpuid_entry2> = leaves
             .iter()
             .map(|&(function, index)| kvm_cpuid_entry2 {
@@ -169,6 +176,9 @@ mod tests {
 
     #[test]
     fn id_bits_rounds_up() {
-        assert_eq!([id_bits(1), id_bits(2), id_bits(3), id_bits(32), id_bits(33)], [0, 1, 2, 5, 6]);
+        assert_eq!(
+            [id_bits(1), id_bits(2), id_bits(3), id_bits(32), id_bits(33)],
+            [0, 1, 2, 5, 6]
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! protocols (PVH and the Linux 64-bit boot protocol), initial vCPU state, and ACPI tables.
 
 pub mod acpi;
-pub mod layout;
 pub mod boot;
 pub mod cpuid;
+pub mod layout;
 pub mod memory;
 pub mod regs;

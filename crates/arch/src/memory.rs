@@ -53,7 +53,11 @@ pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestMemoryMm
     let limit = 1u64 << max_phys_bits.min(52);
     let regions = ram_regions(size);
     let (last_start, last_len) = *regions.last().expect("at least one region");
-    if last_start.0.checked_add(last_len).is_none_or(|end| end > limit) {
+    if last_start
+        .0
+        .checked_add(last_len)
+        .is_none_or(|end| end > limit)
+    {
         let max = limit - (MMIO_HOLE_END - MMIO_HOLE_START);
         return Err(MemoryError::TooLarge {
             size: size >> 20,
@@ -79,7 +83,10 @@ mod tests {
     fn large_guest_skips_the_mmio_hole() {
         let r = ram_regions(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START));
-        assert_eq!(r[1], (GuestAddress(MMIO_HOLE_END), (4 << 30) - MMIO_HOLE_START));
+        assert_eq!(
+            r[1],
+            (GuestAddress(MMIO_HOLE_END), (4 << 30) - MMIO_HOLE_START)
+        );
         let mem = create_guest_memory(4 << 30, 39).unwrap();
         assert_eq!(mem.num_regions(), 2);
         assert!(!mem.address_in_range(GuestAddress(MMIO_HOLE_START)));
@@ -87,8 +94,14 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_rejected() {
-        assert!(matches!(create_guest_memory(0, 39), Err(MemoryError::TooSmall(0))));
-        assert!(matches!(create_guest_memory((64 << 20) + 1, 39), Err(MemoryError::Unaligned(_))));
+        assert!(matches!(
+            create_guest_memory(0, 39),
+            Err(MemoryError::TooSmall(0))
+        ));
+        assert!(matches!(
+            create_guest_memory((64 << 20) + 1, 39),
+            Err(MemoryError::Unaligned(_))
+        ));
         assert!(matches!(
             create_guest_memory(1 << 40, 39),
             Err(MemoryError::TooLarge { .. })

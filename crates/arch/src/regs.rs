@@ -1,7 +1,7 @@
 //! Initial vCPU state: segment descriptors, identity page tables, registers, FPU, MSRs and
 //! local APIC wiring.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, Msrs, kvm_msr_entry};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -53,7 +53,11 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
         base: (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64,
-        limit: if granular { (limit << 12) | 0xfff } else { limit },
+        limit: if granular {
+            (limit << 12) | 0xfff
+        } else {
+            limit
+        },
         selector: u16::from(index) * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -69,7 +73,11 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 }
 
 /// Writes the GDT for `mode` and loads segment registers into `sregs`.
-fn setup_segments(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs, mode: EntryMode) -> Result<(), RegsError> {
+fn setup_segments(
+    mem: &GuestMemoryMmap,
+    sregs: &mut kvm_sregs,
+    mode: EntryMode,
+) -> Result<(), RegsError> {
     let code = match mode {
         EntryMode::Linux64 => gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
         EntryMode::Pvh => gdt_entry(0xc09b, 0, 0xfffff),     // 32-bit flat code
@@ -124,7 +132,11 @@ fn setup_page_tables(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(),
 }
 
 /// Sets registers, segments and paging for the boot vCPU to enter `entry`.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryPoint) -> Result<(), RegsError> {
+pub fn setup_boot_vcpu(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    entry: EntryPoint,
+) -> Result<(), RegsError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
     setup_segments(mem, &mut sregs, entry.mode)?;
     sregs.cr0 = (sregs.cr0 & !X86_CR0_PG) | X86_CR0_PE | X86_CR0_ET;
@@ -236,7 +248,10 @@ mod tests {
     fn gdt_entries_round_trip_into_segments() {
         let code = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
         assert_eq!((code.l, code.db, code.g, code.present), (1, 0, 1, 1));
-        assert_eq!((code.selector, code.type_, code.limit), (8, 0xb, 0xffff_ffff));
+        assert_eq!(
+            (code.selector, code.type_, code.limit),
+            (8, 0xb, 0xffff_ffff)
+        );
         let code32 = segment_from_gdt(gdt_entry(0xc09b, 0, 0xfffff), 1);
         assert_eq!((code32.l, code32.db), (0, 1));
         let tss = segment_from_gdt(gdt_entry(0x808b, 0, 0xfffff), 3);

@@ -214,7 +214,8 @@ mod tests {
     fn output_reaches_writer_and_input_fifo_backpressures() {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let sink = Sink::default();
-        let (mut port, drained) = SerialPort::new(irq.try_clone().unwrap(), Box::new(sink.clone())).unwrap();
+        let (mut port, drained) =
+            SerialPort::new(irq.try_clone().unwrap(), Box::new(sink.clone())).unwrap();
         for b in b"hi" {
             port.write(0, &[*b]);
         }

@@ -85,7 +85,9 @@ impl RunControl {
         let inner = self.lock();
         let (inner, _) = self
             .changed
-            .wait_timeout_while(inner, timeout, |i| i.parked < self.vcpus && i.state == RunState::Paused)
+            .wait_timeout_while(inner, timeout, |i| {
+                i.parked < self.vcpus && i.state == RunState::Paused
+            })
             .unwrap_or_else(|p| p.into_inner());
         inner.parked >= self.vcpus
     }

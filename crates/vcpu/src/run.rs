@@ -55,7 +55,10 @@ impl VcpuHandle {
         // handler installed by `register_kick_signal` before any vCPU started.
         let ret = unsafe { libc::pthread_kill(tid, kick_signal()) };
         if ret != 0 && ret != libc::ESRCH {
-            log::warn!("cannot kick vCPU thread: {}", std::io::Error::from_raw_os_error(ret));
+            log::warn!(
+                "cannot kick vCPU thread: {}",
+                std::io::Error::from_raw_os_error(ret)
+            );
         }
     }
 
@@ -147,7 +150,9 @@ impl Vcpu {
                 }
                 None
             }
-            Ok(VcpuExit::Hlt) => Some(VcpuStop::UnexpectedExit("HLT with no in-kernel irqchip".into())),
+            Ok(VcpuExit::Hlt) => Some(VcpuStop::UnexpectedExit(
+                "HLT with no in-kernel irqchip".into(),
+            )),
             Ok(VcpuExit::Shutdown) => Some(VcpuStop::TripleFault),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,

@@ -26,7 +26,10 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// Reads the table at `addr` and checks signature, placement, OEM ID and checksum.
@@ -107,7 +110,10 @@ fn madt_cpus(madt: &[u8]) -> Vec<(u32, u32)> {
     assert_eq!(u32_at(madt, 36), APIC_ADDR as u32);
     assert_eq!(u32_at(madt, 40), 1, "PCAT_COMPAT");
     let entries = madt_entries(madt);
-    assert!(of_type(&entries, 2).is_empty(), "no interrupt source overrides");
+    assert!(
+        of_type(&entries, 2).is_empty(),
+        "no interrupt source overrides"
+    );
     let ioapics = of_type(&entries, 1);
     assert_eq!(ioapics.len(), 1);
     let ioapic = ioapics[0];
@@ -178,7 +184,10 @@ fn madt_has_one_local_apic_per_cpu() {
         assert_eq!(madt_cpus(&madt), expected, "{n} CPUs");
         let entries = madt_entries(&madt);
         assert_eq!(of_type(&entries, 0).len(), usize::from(n));
-        assert!(of_type(&entries, 9).is_empty(), "no x2APIC entries for {n} CPUs");
+        assert!(
+            of_type(&entries, 9).is_empty(),
+            "no x2APIC entries for {n} CPUs"
+        );
     }
 }
 
@@ -193,7 +202,10 @@ fn madt_switches_to_x2apic_above_id_254() {
     assert_eq!(of_type(&entries, 0).len(), 255, "xAPIC IDs 0..=254");
     assert_eq!(of_type(&entries, 9).len(), 45, "x2APIC IDs 255..300");
     let x2nmi = of_type(&entries, 0xa);
-    assert_eq!(x2nmi, vec![&[0xau8, 12, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0][..]]);
+    assert_eq!(
+        x2nmi,
+        vec![&[0xau8, 12, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0][..]]
+    );
 }
 
 #[test]
@@ -298,14 +310,22 @@ fn missing_guest_memory_is_an_error() {
 }
 
 /// Disassembles every table with `iasl -d` (Debian package `acpica-tools`) when it is
-/// installed and fails on any error or warning it reports.
+/// installed and fails on any error or warning it reports; then loads them with `acpiexec`
+/// (ACPICA, the interpreter Linux uses) and evaluates a `_CRS`.
 #[test]
-fn iasl_disassembles_the_tables() {
+fn acpica_tools_accept_the_tables() {
     use std::process::Command;
     if Command::new("iasl").arg("-v").output().is_err() {
-        eprintln!("iasl not installed, skipping the disassembly check");
+        eprintln!("iasl not installed, skipping the ACPICA checks");
         return;
     }
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd:?}: {log}");
+        log
+    };
     let devices = [virtio(0, 5), virtio(1, 6)];
     let tables = build_and_parse(4, &devices);
     let dir = std::env::temp_dir().join(format!("ember-acpi-{}", std::process::id()));
@@ -313,20 +333,29 @@ fn iasl_disassembles_the_tables() {
     for (name, bytes) in [
         ("facp", &tables.fadt),
         ("apic", &tables.madt),
+        ("apicx2", &madt::build(300)),
         ("dsdt", &tables.dsdt),
     ] {
         let file = dir.join(format!("{name}.dat"));
         std::fs::write(&file, bytes).unwrap();
-        let out = Command::new("iasl").arg("-d").arg(&file).output().unwrap();
-        let log = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "iasl -d {name}: {log}");
+        let log = run(Command::new("iasl").arg("-d").arg(&file));
         for bad in ["Error", "Warning", "Invalid", "Unknown"] {
             assert!(!log.contains(bad), "iasl -d {name}: {log}");
         }
         let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
         for bad in ["Invalid", "Unknown", "**** "] {
             assert!(!dsl.contains(bad), "{name}.dsl contains {bad:?}:\n{dsl}");
+        }
+    }
+    if Command::new("acpiexec").arg("-v").output().is_ok() {
+        let log = run(Command::new("acpiexec")
+            .current_dir(&dir)
+            .args(["-b", "Evaluate \\_SB.V001._CRS"])
+            .args(["facp.dat", "apic.dat", "dsdt.dat"]));
+        assert!(log.contains("successfully acquired and loaded"), "{log}");
+        assert!(log.contains("86 09 00 01 00 10 00 D0 00 10 00 00"), "{log}");
+        for bad in ["Error", "Warning"] {
+            assert!(!log.contains(bad), "acpiexec: {log}");
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
