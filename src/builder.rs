@@ -261,7 +261,12 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("create a vCPU"))?;
         let mut cpuid = supported_cpuid.clone();
-        cpuid::normalize(&mut cpuid, u32::from(index), u32::from(machine.vcpus));
+        cpuid::normalize(
+            &mut cpuid,
+            u32::from(index),
+            u32::from(machine.vcpus),
+            machine.smt,
+        );
         fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         regs::setup_common(&fd)?;
         if index == 0 {

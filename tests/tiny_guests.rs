@@ -150,7 +150,7 @@ fn firecracker_config_file_boots() {
 #[test]
 fn sigterm_and_sigint_stop_a_running_guest() {
     for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
-        let mut child = ember()
+        let child = ember()
             .args(["run", "--cpus", "2", "--kernel"])
             .arg(tiny("halt-pvh"))
             .stdin(Stdio::null())

@@ -145,13 +145,14 @@ pub fn load_kernel(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKern
     })
 }
 
+/// Total guest RAM in bytes.
+fn ram_size(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
+}
+
 /// Top of RAM below the 32-bit MMIO hole.
 fn low_mem_end(mem: &GuestMemoryMmap) -> u64 {
-    let size: u64 = mem
-        .iter()
-        .map(|r| vm_memory::GuestMemoryRegion::len(r))
-        .sum();
-    size.min(MMIO_HOLE_START)
+    ram_size(mem).min(MMIO_HOLE_START)
 }
 
 /// Loads an initrd at the highest page-aligned address below the top of low memory (and below
@@ -227,13 +228,9 @@ pub fn write_boot_info(
 
 /// The memory map both boot protocols describe: (start, size, type).
 fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
-    let size: u64 = mem
-        .iter()
-        .map(|r| vm_memory::GuestMemoryRegion::len(r))
-        .sum();
     let mut map = vec![(0, EBDA_START, E820_RAM)];
     map.push((ACPI_START, ACPI_SIZE, E820_RESERVED));
-    for (start, len) in ram_regions(size) {
+    for (start, len) in ram_regions(ram_size(mem)) {
         let (start, len) = if start.0 == 0 {
             (HIMEM_START, len.saturating_sub(HIMEM_START))
         } else {

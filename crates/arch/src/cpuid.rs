@@ -29,16 +29,37 @@ fn id_bits(n: u32) -> u32 {
     }
 }
 
-/// Normalises `cpuid` in place for vCPU `index` of `count`: one socket, one thread per core,
-/// `count` cores, APIC ID = `index`.
-pub fn normalize(cpuid: &mut CpuId, index: u32, count: u32) {
-    let core_bits = id_bits(count);
+/// The topology presented to the guest: one socket of `count` logical CPUs, grouped into cores
+/// of `threads` (1, or 2 with SMT).
+#[derive(Debug, Clone, Copy)]
+struct Topology {
+    index: u32,
+    count: u32,
+    threads: u32,
+    /// APIC ID bits for the thread level.
+    thread_bits: u32,
+    /// APIC ID bits for thread + core levels.
+    core_bits: u32,
+}
+
+/// Normalises `cpuid` in place for vCPU `index` of `count`: one socket, APIC ID = `index`,
+/// and with `smt` two threads per core (when `count` is even), else one.
+pub fn normalize(cpuid: &mut CpuId, index: u32, count: u32, smt: bool) {
+    let threads = if smt && count.is_multiple_of(2) { 2 } else { 1 };
+    let topo = Topology {
+        index,
+        count,
+        threads,
+        thread_bits: id_bits(threads),
+        core_bits: id_bits(count),
+    };
     for e in cpuid.as_mut_slice().iter_mut() {
-        normalize_entry(e, index, count, core_bits);
+        normalize_entry(e, &topo);
     }
 }
 
-fn normalize_entry(e: &mut kvm_cpuid_entry2, index: u32, count: u32, core_bits: u32) {
+fn normalize_entry(e: &mut kvm_cpuid_entry2, t: &Topology) {
+    let (index, count, core_bits) = (t.index, t.count, t.core_bits);
     match e.function {
         LEAF_FEATURES => {
             // EBX: [31:24] initial APIC ID, [23:16] logical processors per package, [15:8] CLFLUSH.
@@ -53,8 +74,9 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, index: u32, count: u32, core_bits: 
         LEAF_CACHE_INTEL => {
             // EAX [31:26]: cores per package - 1; [25:14]: logical processors sharing - 1.
             let level = (e.eax >> 5) & 0x7;
-            let sharing = if level >= 3 { count - 1 } else { 0 };
-            e.eax = (e.eax & 0x3fff) | ((count - 1).min(63) << 26) | ((sharing & 0xfff) << 14);
+            let sharing = if level >= 3 { count - 1 } else { t.threads - 1 };
+            let cores = count / t.threads;
+            e.eax = (e.eax & 0x3fff) | ((cores - 1).min(63) << 26) | ((sharing & 0xfff) << 14);
         }
         LEAF_THERMAL => {
             // No turbo, no energy/performance bias hints the host cannot honour.
@@ -73,8 +95,8 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, index: u32, count: u32, core_bits: 
             e.edx = index;
             match e.index {
                 0 => {
-                    e.eax = 0;
-                    e.ebx = 1;
+                    e.eax = t.thread_bits;
+                    e.ebx = t.threads;
                     e.ecx = 1 << 8;
                 }
                 1 => {
@@ -102,7 +124,7 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, index: u32, count: u32, core_bits: 
         }
         LEAF_EXT_TOPOLOGY_AMD => {
             e.eax = index;
-            e.ebx = index & 0xff; // compute unit = core, one thread each
+            e.ebx = ((t.threads - 1) << 8) | ((index >> t.thread_bits) & 0xff);
             e.ecx = 0;
         }
         _ => {}
@@ -162,7 +184,7 @@ mod tests {
     #[test]
     fn apic_ids_and_topology_follow_the_vcpu() {
         let mut c = table();
-        normalize(&mut c, 5, 8);
+        normalize(&mut c, 5, 8, false);
         assert_eq!(leaf(&c, 1, 0).ebx >> 24, 5);
         assert_eq!((leaf(&c, 1, 0).ebx >> 16) & 0xff, 8);
         assert_ne!(leaf(&c, 1, 0).ecx & ECX_HYPERVISOR, 0);
@@ -172,6 +194,17 @@ mod tests {
         assert_eq!(leaf(&c, 0xb, 2).ebx, 0);
         assert_eq!(leaf(&c, 0x8000_0008, 0).ecx & 0xff, 7);
         assert_eq!(leaf(&c, 0xa, 0).eax, 0);
+    }
+
+    #[test]
+    fn smt_pairs_threads_into_cores() {
+        let mut c = table();
+        normalize(&mut c, 3, 4, true);
+        assert_eq!((leaf(&c, 0xb, 0).eax, leaf(&c, 0xb, 0).ebx), (1, 2));
+        assert_eq!((leaf(&c, 0xb, 1).eax, leaf(&c, 0xb, 1).ebx), (2, 4));
+        let mut odd = table();
+        normalize(&mut odd, 0, 3, true);
+        assert_eq!(leaf(&odd, 0xb, 0).ebx, 1, "odd counts cannot pair threads");
     }
 
     #[test]

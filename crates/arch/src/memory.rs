@@ -47,7 +47,7 @@ pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestMemoryMm
     if size < MIN_MEM_SIZE {
         return Err(MemoryError::TooSmall(size));
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(MemoryError::Unaligned(size));
     }
     let limit = 1u64 << max_phys_bits.min(52);

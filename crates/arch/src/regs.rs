@@ -52,7 +52,7 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let limit = ((entry & 0x000f_0000_0000_0000) >> 32 | (entry & 0xffff)) as u32;
     let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
-        base: (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64,
+        base: ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000),
         limit: if granular {
             (limit << 12) | 0xfff
         } else {

@@ -1,7 +1,8 @@
 //! The MADT ("APIC" table): local APICs, the IO-APIC and how LINT1 is wired.
 //!
 //! Built on `acpi_tables::sdt::Sdt` rather than `acpi_tables::madt::MADT` because the latter
-//! cannot set the PCAT_COMPAT flag; the entries `acpi_tables` has types for use them.
+//! cannot set the MADT flags (PCAT_COMPAT). Local APIC and IO-APIC entries use the
+//! `acpi_tables` types; the NMI and x2APIC entries, which it lacks, are laid out here.
 //!
 //! No Interrupt Source Override is emitted, deliberately. KVM's default GSI routing (installed
 //! by KVM_CREATE_IRQCHIP) wires GSI n to IO-APIC pin n, and the in-kernel PIT raises GSI 0,
@@ -59,7 +60,8 @@ pub(super) fn build(num_cpus: u32) -> Vec<u8> {
     for id in 0..num_cpus {
         match u8::try_from(id) {
             Ok(id8) if id <= MAX_XAPIC_ID => {
-                ProcessorLocalApic::new(id8, id8, EnabledStatus::Enabled).to_aml_bytes(&mut entries)
+                let lapic = ProcessorLocalApic::new(id8, id8, EnabledStatus::Enabled);
+                lapic.to_aml_bytes(&mut entries);
             }
             _ => entries.extend_from_slice(&local_x2apic(id)),
         }
