@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use ember_arch::acpi::{create_acpi_tables, AcpiConfig, AcpiError};
 use ember_arch::boot::{self, BootError, BootInfo};
-use ember_arch::layout::{COM1_IRQ, MAX_GUEST_PHYS};
+use ember_arch::cpuid;
+use ember_arch::layout::{ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, MAX_GUEST_PHYS};
 use ember_arch::memory::{create_guest_memory, MemoryError};
 use ember_arch::regs::{self, RegsError};
-use ember_arch::{cpuid, layout};
+use ember_devices::acpi_pm::{AcpiPm, ACPI_PM_LEN};
 use ember_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use ember_devices::serial::{SerialInput, SerialPort, COM1_BASE, COM1_LEN};
 use ember_devices::{Bus, BusError};
@@ -25,7 +26,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VmConfig};
 use crate::event_loop::EventLoop;
-use crate::exit::ExitLatch;
+use crate::exit::{ExitLatch, ExitReason};
 use crate::vm::Vm;
 
 /// Highest vCPU count Ember builds (xAPIC IDs, one-byte MADT processor IDs).
@@ -206,18 +207,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
 
     let latch = Arc::new(ExitLatch::default());
-    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(device_err("i8042"))?;
-    let mut events = EventLoop::new(
-        reset_evt.try_clone().map_err(device_err("i8042"))?,
-        latch.clone(),
-    )
-    .map_err(device_err("event loop"))?;
-    let mut pio = Bus::new();
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(reset_evt))),
-        I8042_BASE,
-        I8042_LEN,
-    )?;
+    let (mut pio, mut events) = setup_platform_devices(latch.clone())?;
     setup_serial(&vm_fd, &config.serial, &mut pio, &mut events)?;
 
     let rsdp = create_acpi_tables(
@@ -302,6 +292,39 @@ fn register_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<(), BuildEr
     Ok(())
 }
 
+/// The i8042 reset port and the ACPI power-off port, and the event loop that turns their
+/// signals into exit reasons.
+fn setup_platform_devices(latch: Arc<ExitLatch>) -> Result<(Bus, EventLoop), BuildError> {
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(device_err("i8042"))?;
+    let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(device_err("ACPI power-off"))?;
+    let guest_requests = vec![
+        (
+            reset_evt.try_clone().map_err(device_err("i8042"))?,
+            ExitReason::Reset,
+        ),
+        (
+            poweroff_evt
+                .try_clone()
+                .map_err(device_err("ACPI power-off"))?,
+            ExitReason::PowerOff,
+        ),
+    ];
+    let events = EventLoop::new(guest_requests, latch).map_err(device_err("event loop"))?;
+    let mut pio = Bus::new();
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(reset_evt))),
+        I8042_BASE,
+        I8042_LEN,
+    )?;
+    let acpi_pm = AcpiPm::new(ACPI_S5_SLEEP_TYPE, poweroff_evt);
+    pio.insert(
+        Arc::new(Mutex::new(acpi_pm)),
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        ACPI_PM_LEN,
+    )?;
+    Ok((pio, events))
+}
+
 fn setup_serial(
     vm_fd: &VmFd,
     config: &SerialConfig,
@@ -333,6 +356,5 @@ fn setup_serial(
             drained,
         ))));
     }
-    let _ = layout::COM1_IRQ;
     Ok(())
 }

@@ -13,12 +13,10 @@ use crate::exit::{ExitLatch, ExitReason};
 /// A subscriber shared with the event loop thread.
 pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-const RESET: u32 = 0;
-const STOP: u32 = 1;
-
-/// VM-level events: guest reset requests end the VM; the stop eventfd ends the loop.
+/// VM-level events: each guest request (reset, power-off) ends the VM with its reason; the
+/// stop eventfd ends the loop.
 struct VmEvents {
-    reset: EventFd,
+    guest: Vec<(EventFd, ExitReason)>,
     stop: EventFd,
     latch: Arc<ExitLatch>,
     done: Arc<AtomicBool>,
@@ -26,24 +24,29 @@ struct VmEvents {
 
 impl MutEventSubscriber for VmEvents {
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, data) in [(&self.reset, RESET), (&self.stop, STOP)] {
-            if let Err(e) = ops.add(Events::with_data(fd, data, EventSet::IN)) {
+        let stop = Events::with_data(&self.stop, self.guest.len() as u32, EventSet::IN);
+        let guest = self
+            .guest
+            .iter()
+            .enumerate()
+            .map(|(i, (fd, _))| Events::with_data(fd, i as u32, EventSet::IN));
+        for events in guest.chain(std::iter::once(stop)) {
+            if let Err(e) = ops.add(events) {
                 log::error!("event loop: cannot watch VM events: {e:?}");
             }
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            RESET => {
-                let _ = self.reset.read();
-                self.latch.set(ExitReason::Reset);
+        match self.guest.get(events.data() as usize) {
+            Some((fd, reason)) => {
+                let _ = fd.read();
+                self.latch.set(reason.clone());
             }
-            STOP => {
+            None => {
                 let _ = self.stop.read();
                 self.done.store(true, Ordering::SeqCst);
             }
-            _ => {}
         }
     }
 }
@@ -57,14 +60,14 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
-    /// A loop that records a reset in `latch` when `reset` is signalled.
-    pub fn new(reset: EventFd, latch: Arc<ExitLatch>) -> std::io::Result<Self> {
+    /// A loop that records `reason` in `latch` when the paired eventfd in `guest` is signalled.
+    pub fn new(guest: Vec<(EventFd, ExitReason)>, latch: Arc<ExitLatch>) -> std::io::Result<Self> {
         let mut manager = EventManager::<Subscriber>::new()
             .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let done = Arc::new(AtomicBool::new(false));
         manager.add_subscriber(Arc::new(Mutex::new(VmEvents {
-            reset,
+            guest,
             stop: stop.try_clone()?,
             latch,
             done: done.clone(),

@@ -18,6 +18,7 @@ EMBER_LOG_TAG=guest/build.sh
 OUT=${EMBER_GUEST_DIR:-$EMBER_ROOT/build/guest}
 KERNEL_META=${EMBER_GUEST_KERNEL_META:-linux-image-cloud-amd64}
 
+did=
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9 || ember_die "cannot lock $OUT/.lock"
@@ -33,55 +34,28 @@ KVER=$(ember_fetch_kernel "$KERNEL_META" "$OUT/kernel-pkg")
 KSRC=$OUT/kernel-pkg/boot/vmlinuz-$KVER
 if [[ ! -f $OUT/vmlinuz || ! -f $OUT/kernel-version || $(<"$OUT/kernel-version") != "$KVER" ]] ||
     ! cmp -s "$KSRC" "$OUT/vmlinuz"; then
+    did=1
     cp "$KSRC" "$OUT/vmlinuz.tmp"
     mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
     printf '%s\n' "$KVER" >"$OUT/kernel-version"
     rm -f "$OUT/vmlinux" "$OUT/vmlinux.pvh"
 fi
 
-# --- vmlinux: unpack the LZ4 payload of the bzImage --------------------------
-# The payload is in the LZ4 legacy frame format (magic 02 21 4c 18). Try every
-# occurrence of the magic; keep the first that decompresses to a complete ELF.
-elf_complete() { # FILE: ELF whose program headers all lie inside the file
-    local f=$1 size need=0 type off _va _pa filesz _rest
-    readelf -h "$f" >/dev/null 2>&1 || return 1
-    size=$(stat -c %s "$f")
-    while read -r type off _va _pa filesz _rest; do
-        [[ $type == LOAD || $type == NOTE ]] || continue
-        ((off + filesz > need)) && need=$((off + filesz))
-    done < <(readelf -lW "$f" 2>/dev/null)
-    ((need > 0 && need <= size))
-}
-
+# --- vmlinux: unpack the compressed payload of the bzImage --------------------
+# (ember_extract_vmlinux in lib.sh: the Debian cloud kernel's payload is LZ4,
+# legacy frame format, magic 02 21 4c 18.)
 if [[ ! -f $OUT/vmlinux || $OUT/vmlinux -ot $OUT/vmlinuz ]]; then
+    did=1
     ember_log "unpacking vmlinux from vmlinuz"
-    found=
-    while IFS=: read -r off _; do
-        # lz4 exits non-zero on the bytes that trail the compressed stream
-        # (the appended size field and the rest of the bzImage); the result
-        # is checked below instead.
-        tail -c +"$((off + 1))" "$OUT/vmlinuz" | lz4 -dc >"$OUT/vmlinux.tmp" 2>/dev/null || true
-        if file -b "$OUT/vmlinux.tmp" | grep -q '^ELF 64-bit' && elf_complete "$OUT/vmlinux.tmp"; then
-            found=$off
-            break
-        fi
-    done < <(LC_ALL=C grep -obUaP '\x02\x21\x4c\x18' "$OUT/vmlinuz" || true)
-    [[ -n $found ]] || { rm -f "$OUT/vmlinux.tmp"; ember_die "no LZ4 payload in $OUT/vmlinuz decompressed to an ELF kernel"; }
-    mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+    ember_extract_vmlinux "$OUT/vmlinuz" "$OUT/vmlinux"
+    file -b "$OUT/vmlinux" | grep -q '^ELF 64-bit LSB executable, x86-64' ||
+        ember_die "$OUT/vmlinux is not an x86-64 ELF executable: $(file -b "$OUT/vmlinux")"
     rm -f "$OUT/vmlinux.pvh"
 fi
 
 if [[ ! -f $OUT/vmlinux.pvh ]]; then
-    # XEN_ELFNOTE_PHYS32_ENTRY is note type 18 (0x12) with owner "Xen"; its
-    # descriptor is the 32-bit physical entry address (little endian).
-    pvh=
-    note=$(readelf -n "$OUT/vmlinux" | grep -A1 -E '^ *Xen +0x[0-9a-f]+[[:space:]].*\(0x00000012\)' |
-        sed -n 's/.*description data: *//p' | head -n1)
-    if [[ -n $note ]]; then
-        read -r -a bytes <<<"$note"
-        for ((i = ${#bytes[@]} - 1; i >= 0; i--)); do pvh+=${bytes[i]}; done
-        pvh=$(printf '0x%x' "$((16#$pvh))")
-    fi
+    did=1
+    pvh=$(ember_pvh_entry "$OUT/vmlinux")
     printf '%s\n' "${pvh:-none}" >"$OUT/vmlinux.pvh"
 fi
 
@@ -89,6 +63,7 @@ fi
 INIT=$HERE/init
 stamp=$(ember_fingerprint "$INIT" /bin/busybox "$HERE/build.sh" initramfs-v1)
 if [[ ! -f $OUT/initramfs.cpio.gz || ! -f $OUT/initramfs.stamp || $(<"$OUT/initramfs.stamp") != "$stamp" ]]; then
+    did=1
     ember_log "building initramfs.cpio.gz"
     stage=$(mktemp -d "$OUT/.initramfs.XXXXXX")
     trap 'rm -rf "$stage"' EXIT
@@ -109,4 +84,6 @@ if [[ ! -f $OUT/initramfs.cpio.gz || ! -f $OUT/initramfs.stamp || $(<"$OUT/initr
     trap - EXIT
 fi
 
-ember_log "ok: kernel $KVER, PVH entry $(<"$OUT/vmlinux.pvh"), outputs in $OUT"
+if [[ -n $did || -t 2 ]]; then
+    ember_log "ok: kernel $KVER, PVH entry $(<"$OUT/vmlinux.pvh"), outputs in $OUT"
+fi

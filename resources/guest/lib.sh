@@ -116,3 +116,59 @@ ember_fingerprint() {
         done
     } | sha256sum | cut -d' ' -f1
 }
+
+# True if FILE is an ELF whose LOAD/NOTE segments all lie inside the file
+# (i.e. it was not truncated).
+ember_elf_complete() {
+    local f=$1 size need=0 type off _va _pa filesz _rest
+    readelf -h "$f" >/dev/null 2>&1 || return 1
+    size=$(stat -c %s "$f")
+    while read -r type off _va _pa filesz _rest; do
+        [[ $type == LOAD || $type == NOTE ]] || continue
+        ((off + filesz > need)) && need=$((off + filesz))
+    done < <(readelf -lW "$f" 2>/dev/null)
+    ((need > 0 && need <= size))
+}
+
+# ember_extract_vmlinux BZIMAGE OUT: unpack the ELF kernel from a bzImage.
+# Looks for the magic of each compressor the kernel may use (LZ4 legacy frame
+# 02 21 4c 18, XZ fd 37 7a 58 5a 00, gzip 1f 8b 08, zstd 28 b5 2f fd) and
+# keeps the first candidate that decompresses to a complete 64-bit ELF.
+ember_extract_vmlinux() {
+    local src=$1 out=$2 magic tool off
+    local -a cands=(
+        '\x02\x21\x4c\x18:lz4 -dc'
+        '\xfd\x37\x7a\x58\x5a\x00:xz -dc --single-stream'
+        '\x1f\x8b\x08:gzip -dc'
+        '\x28\xb5\x2f\xfd:zstd -qdc'
+    )
+    for magic in "${cands[@]}"; do
+        tool=${magic#*:} magic=${magic%%:*}
+        command -v "${tool%% *}" >/dev/null 2>&1 || continue
+        while IFS=: read -r off _; do
+            # The decompressor fails on the bytes that trail the compressed
+            # stream (appended size, rest of the image); the result is
+            # checked instead of its exit status.
+            tail -c +"$((off + 1))" "$src" | $tool >"$out.tmp" 2>/dev/null || true
+            if [[ $(head -c 5 "$out.tmp" | od -An -tx1 | tr -d ' \n') == 7f454c4602 ]] &&
+                ember_elf_complete "$out.tmp"; then
+                mv "$out.tmp" "$out"
+                return 0
+            fi
+        done < <(LC_ALL=C grep -obUaP "$magic" "$src" || true)
+    done
+    rm -f "$out.tmp"
+    ember_die "no compressed payload in $src decompressed to an ELF kernel"
+}
+
+# ember_pvh_entry VMLINUX: print the PVH entry point (Xen ELF note type 18,
+# XEN_ELFNOTE_PHYS32_ENTRY; little-endian descriptor) or nothing.
+ember_pvh_entry() {
+    local note bytes i hex=
+    note=$(readelf -n "$1" | grep -A1 -E '^ *Xen +0x[0-9a-f]+[[:space:]].*\(0x00000012\)' |
+        sed -n 's/.*description data: *//p' | head -n1)
+    [[ -n $note ]] || return 0
+    read -r -a bytes <<<"$note"
+    for ((i = ${#bytes[@]} - 1; i >= 0; i--)); do hex+=${bytes[i]}; done
+    printf '0x%x\n' "$((16#$hex))"
+}

@@ -59,5 +59,12 @@ pub const COM1_IRQ: u32 = 4;
 pub const IRQ_DEVICES_START: u32 = 5;
 /// Last GSI available on the in-kernel IO-APIC.
 pub const IRQ_DEVICES_END: u32 = 23;
+/// ACPI sleep control register (hardware-reduced ACPI): the guest writes SLP_TYP/SLP_EN here
+/// to power off.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+/// ACPI sleep status register.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// SLP_TYP value the DSDT's `_S5_` object gives for soft-off.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 /// Highest guest physical address KVM lets us map with 4-level paging (46 bits is conservative).
 pub const MAX_GUEST_PHYS: u64 = 1 << 46;

@@ -1,6 +1,7 @@
 //! The DSDT: AML describing the devices a guest cannot find on its own.
 //!
 //! ```text
+//! Name (_S5_, Package { 5, 0 })   soft-off sleep type, written to the FADT sleep control port
 //! Scope (\_SB_) {
 //!     Device (COM1) { _HID PNP0501, _UID 0, _CRS { IO 0x3f8-0x3ff, Interrupt {4} } }
 //!     Device (V000) { _HID "LNRO0005", _UID 0, _CRS { Memory32Fixed, Interrupt {irq} } }
@@ -14,14 +15,14 @@
 //! trigger and polarity from it as is.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope, IO,
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 
 use super::madt::IOAPIC_PINS;
 use super::{AcpiError, MmioDevice, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
-use crate::layout::COM1_IRQ;
+use crate::layout::{ACPI_S5_SLEEP_TYPE, COM1_IRQ};
 
 /// Device names are `V` plus three hex digits.
 pub(super) const MAX_DEVICES: usize = 0x1000;
@@ -40,7 +41,10 @@ pub(super) fn build(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
     for (i, dev) in devices.iter().enumerate() {
         sb.extend_from_slice(&virtio_mmio(i, dev)?);
     }
-    let aml = Scope::raw(Path::new("\\_SB_"), sb);
+    let mut aml = Vec::new();
+    let s5 = Package::new(vec![&ACPI_S5_SLEEP_TYPE, &0u8]);
+    Name::new(Path::new("_S5_"), &s5).to_aml_bytes(&mut aml);
+    aml.extend_from_slice(&Scope::raw(Path::new("\\_SB_"), sb));
 
     let mut dsdt = Sdt::new(
         *b"DSDT",

@@ -29,7 +29,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::{ACPI_SIZE, ACPI_START};
+use crate::layout::{ACPI_SIZE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START};
 
 /// OEM ID in every table header and in the RSDP.
 const OEM_ID: [u8; 6] = *b"EMBER ";
@@ -188,6 +188,8 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
 /// - RESET_REG_SUP with RESET_REG = byte write of 0xfe to I/O port 0x64, so Linux's default
 ///   reboot method (ACPI, then keyboard controller) resets the VM through the i8042;
 /// - IAPC_BOOT_ARCH as described at [`IAPC_BOOT_ARCH`];
+/// - SLEEP_CONTROL_REG/SLEEP_STATUS_REG = byte ports 0x600/0x601, so that with the DSDT's
+///   `_S5_` object Linux powers off through ACPI (the VMM ends the VM on that write);
 /// - X_DSDT only (the 32-bit DSDT field stays 0, as ACPI 2.0+ allows).
 fn build_fadt(dsdt_addr: u64) -> Vec<u8> {
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
@@ -205,5 +207,16 @@ fn build_fadt(dsdt_addr: u64) -> Vec<u8> {
         u64::from(RESET_PORT),
     );
     fadt.reset_value = RESET_VALUE;
+    let io_byte = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            u64::from(port),
+        )
+    };
+    fadt.sleep_control_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_byte(ACPI_SLEEP_STATUS_PORT);
     to_bytes(&fadt.finalize())
 }

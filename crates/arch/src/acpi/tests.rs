@@ -170,6 +170,11 @@ fn fadt_is_hardware_reduced() {
     assert_eq!(&fadt[116..120], &[1, 8, 0, 1]);
     assert_eq!(u64_at(&fadt, 120), 0x64);
     assert_eq!(fadt[128], 0xfe);
+    // SLEEP_CONTROL_REG and SLEEP_STATUS_REG: byte I/O ports 0x600 and 0x601.
+    assert_eq!(&fadt[244..248], &[1, 8, 0, 1]);
+    assert_eq!(u64_at(&fadt, 248), 0x600);
+    assert_eq!(&fadt[256..260], &[1, 8, 0, 1]);
+    assert_eq!(u64_at(&fadt, 260), 0x601);
     assert_eq!(u32_at(&fadt, 36), 0, "FIRMWARE_CTRL: no FACS");
     assert_eq!(u64_at(&fadt, 132), 0, "X_FIRMWARE_CTRL: no FACS");
     assert_eq!(u32_at(&fadt, 40), 0, "only X_DSDT is used");
@@ -214,7 +219,10 @@ fn dsdt_describes_com1_and_virtio_devices() {
     let Tables { dsdt, .. } = build_and_parse(2, &devices);
     assert_eq!(dsdt[8], 2, "DSDT revision");
     let aml = &dsdt[36..];
-    assert_eq!(aml[0], 0x10, "starts with a Scope");
+    // Name (_S5_, Package (2) { 5, 0 }), then Scope (\_SB_).
+    assert_eq!(&aml[..5], &[0x08, b'_', b'S', b'5', b'_']);
+    assert_eq!(&aml[5..11], &[0x12, 5, 2, 0x0a, 5, 0]);
+    assert_eq!(aml[11], 0x10, "then a Scope");
     assert_eq!(count(aml, b"_SB_"), 1);
 
     // COM1: _HID EisaId("PNP0501"), IO 0x3f8-0x3ff, Interrupt {4} edge/high/exclusive.
