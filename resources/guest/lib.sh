@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for resources/guest/build.sh and resources/box/box.sh.
 # Source it from bash scripts that run with `set -euo pipefail`.
 
@@ -14,8 +15,14 @@ ember_apt_lists_present() {
 
 ember_apt_update() {
     ember_log "running apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null ||
+    local log
+    log=$(mktemp)
+    if ! DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
         ember_die "apt-get update failed"
+    fi
+    rm -f "$log"
 }
 
 # ember_need CMD=PKG ...: install the Debian package PKG for every CMD that is
@@ -35,11 +42,17 @@ ember_need() {
     [[ $(id -u) == 0 ]] || ember_die "need root to install: ${missing[*]} (or install them yourself)"
     ember_apt_lists_present || ember_apt_update
     ember_log "installing: ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+    local log
+    log=$(mktemp)
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
         ember_apt_update
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
             ember_die "apt-get install ${missing[*]} failed"
+        fi
     fi
+    rm -f "$log"
 }
 
 # ember_kernel_pkg_version META: print the kernel version string (e.g.

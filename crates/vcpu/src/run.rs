@@ -153,7 +153,10 @@ impl Vcpu {
             Ok(VcpuExit::Hlt) => Some(VcpuStop::UnexpectedExit(
                 "HLT with no in-kernel irqchip".into(),
             )),
-            Ok(VcpuExit::Shutdown) => Some(VcpuStop::TripleFault),
+            Ok(VcpuExit::Shutdown) => {
+                self.log_state("triple fault");
+                Some(VcpuStop::TripleFault)
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
                 KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
@@ -161,6 +164,7 @@ impl Vcpu {
                 other => VcpuStop::UnexpectedExit(format!("system event {other}")),
             }),
             Ok(VcpuExit::InternalError) => {
+                self.log_state("KVM internal error");
                 let suberror = self.internal_suberror();
                 Some(VcpuStop::InternalError(suberror))
             }
@@ -175,6 +179,20 @@ impl Vcpu {
                 None
             }
             Err(e) => Some(VcpuStop::RunFailed(e.to_string())),
+        }
+    }
+
+    /// Logs the vCPU's registers at debug level, for post-mortems of guest crashes.
+    fn log_state(&self, what: &str) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => log::debug!(
+                "vCPU {} {what}: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} gs.base={:#x} idt={:#x}/{:#x}",
+                self.index, r.rip, r.rsp, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.gs.base, s.idt.base, s.idt.limit
+            ),
+            _ => log::debug!("vCPU {} {what}: registers unavailable", self.index),
         }
     }
 
