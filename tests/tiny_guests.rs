@@ -171,3 +171,19 @@ fn sigterm_and_sigint_stop_a_running_guest() {
         assert_eq!(text(&out).1, format!("ember: stopped by signal {signal}\n"));
     }
 }
+
+#[test]
+fn many_vcpus_and_large_memory_build_and_run() {
+    // Only vCPU 0 runs the guest; the others must still be created, configured and torn down.
+    for (cpus, mem) in [("32", "64M"), ("64", "4G")] {
+        let out = ember()
+            .args(["run", "--cpus", cpus, "--memory", mem, "--kernel"])
+            .arg(tiny("hello-lm64"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{cpus} vCPUs, {mem}: {stderr}");
+        assert!(stdout.starts_with("EMBER-TINY entry=lm64"), "{stdout}");
+    }
+}
