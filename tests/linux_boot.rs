@@ -174,21 +174,27 @@ fn elf_vmlinux_with_initrd_1_vcpu_128m() {
         .contains("Command line: console=ttyS0 reboot=k panic=1 pci=off"));
 }
 
+/// Boots from a Firecracker-schema config file written for `kernel` with the test initrd.
+fn ember_run_config(test: &str, kernel: &str, boot_args: &str, machine: &str) -> Output {
+    let cfg = scratch(test).join("vm.json");
+    let json = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{boot_args}"}},
+            "machine-config": {machine}, "drives": []}}"#,
+        guest(kernel),
+        guest("initramfs.cpio.gz")
+    );
+    std::fs::write(&cfg, json).unwrap();
+    ember_run(&format!("--config-file {}", cfg.display()))
+}
+
 #[test]
 fn firecracker_config_file_2_vcpus_256m() {
-    let dir = scratch("linux-config");
-    let cfg = dir.join("vm.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off quiet ember.echo=from-config"}},
-                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}}, "drives": []}}"#,
-            guest("vmlinuz"),
-            guest("initramfs.cpio.gz")
-        ),
-    )
-    .unwrap();
-    let out = ember_run(&format!("--config-file {}", cfg.display()));
+    let out = ember_run_config(
+        "linux-config",
+        "vmlinuz",
+        "console=ttyS0 reboot=k panic=1 pci=off quiet ember.echo=from-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}"#,
+    );
     assert_booted(&out, 2, 256);
     assert!(text(&out).0.contains("EMBER-ECHO from-config"));
 }
@@ -207,19 +213,12 @@ fn memory_sizes_including_ram_above_the_mmio_hole() {
 
 #[test]
 fn smt_pair_from_config_file() {
-    let dir = scratch("linux-smt");
-    let cfg = dir.join("vm.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off quiet"}},
-                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 192, "smt": true}}}}"#,
-            guest("vmlinux"),
-            guest("initramfs.cpio.gz")
-        ),
-    )
-    .unwrap();
-    let out = ember_run(&format!("--config-file {}", cfg.display()));
+    let out = ember_run_config(
+        "linux-smt",
+        "vmlinux",
+        "console=ttyS0 reboot=k panic=1 pci=off quiet",
+        r#"{"vcpu_count": 2, "mem_size_mib": 192, "smt": true}"#,
+    );
     assert_booted(&out, 2, 192);
 }
 
