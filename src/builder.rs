@@ -325,6 +325,36 @@ fn setup_platform_devices(latch: Arc<ExitLatch>) -> Result<(Bus, EventLoop), Bui
     Ok((pio, events))
 }
 
+/// epoll cannot watch a regular file, so when stdin is one (`ember run < commands.txt`), a
+/// thread copies it into a pipe the event loop can watch; `None` when stdin is pollable as is.
+/// The pipe's capacity bounds how far the copy runs ahead of the guest.
+fn stdin_as_pipe() -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let stdin = std::io::stdin();
+    let Ok(meta) = std::fs::File::from(stdin.as_fd().try_clone_to_owned()?).metadata() else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut source = std::fs::File::from(stdin.as_fd().try_clone_to_owned()?);
+    let mut sink = std::fs::File::from(write);
+    std::thread::Builder::new()
+        .name("ember-stdin".into())
+        .spawn(move || {
+            // Ends at EOF, or with EPIPE once the VM is gone and the read end closed.
+            let _ = std::io::copy(&mut source, &mut sink);
+        })?;
+    Ok(Some(read))
+}
+
 fn setup_serial(
     vm_fd: &VmFd,
     config: &SerialConfig,
@@ -350,11 +380,11 @@ fn setup_serial(
     let port = Arc::new(Mutex::new(port));
     pio.insert(port.clone(), COM1_BASE, COM1_LEN)?;
     if *config == SerialConfig::Stdio {
-        events.add(Arc::new(Mutex::new(SerialInput::new(
-            port,
-            libc::STDIN_FILENO,
-            drained,
-        ))));
+        let pump = match stdin_as_pipe().map_err(device_err("console input"))? {
+            Some(pipe) => SerialInput::with_owned_input(port, pipe, drained),
+            None => SerialInput::new(port, libc::STDIN_FILENO, drained),
+        };
+        events.add(Arc::new(Mutex::new(pump)));
     }
     Ok(())
 }

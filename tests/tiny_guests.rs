@@ -187,3 +187,25 @@ fn many_vcpus_and_large_memory_build_and_run() {
         assert!(stdout.starts_with("EMBER-TINY entry=lm64"), "{stdout}");
     }
 }
+
+#[test]
+fn console_input_from_a_regular_file() {
+    // `ember run < commands.txt`: epoll cannot watch a file, so Ember pipes it through.
+    let dir = scratch("stdin-file");
+    let input = dir.join("input.txt");
+    let line = format!("{}\n", "from-a-file ".repeat(12));
+    std::fs::write(&input, &line).unwrap();
+    // Without input the echo guest would wait forever: bound the run.
+    let out = std::process::Command::new("timeout")
+        .args(["60", env!("CARGO_BIN_EXE_ember"), "run", "--kernel"])
+        .arg(tiny("echo-lm64"))
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("EMBER-TINY echo-ready\n{line}EMBER-TINY echo-done\n")
+    );
+}

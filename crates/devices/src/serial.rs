@@ -2,7 +2,7 @@
 //! from a file descriptor by the event loop, with backpressure when the guest's FIFO is full.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -101,6 +101,8 @@ pub struct SerialInput {
     drained: EventFd,
     pending: Vec<u8>,
     input_registered: bool,
+    /// Keeps `input` open when the pump owns it.
+    _owned: Option<OwnedFd>,
 }
 
 impl SerialInput {
@@ -112,7 +114,19 @@ impl SerialInput {
             drained,
             pending: Vec::with_capacity(64),
             input_registered: false,
+            _owned: None,
         }
+    }
+
+    /// Like [`SerialInput::new`], taking ownership of the input fd.
+    pub fn with_owned_input(
+        port: Arc<Mutex<SerialPort>>,
+        input: OwnedFd,
+        drained: EventFd,
+    ) -> Self {
+        let mut pump = Self::new(port, input.as_raw_fd(), drained);
+        pump._owned = Some(input);
+        pump
     }
 
     fn push_pending(&mut self) {
