@@ -11,6 +11,7 @@ use ember_arch::boot::{self, BootError, BootInfo};
 use ember_arch::cpuid;
 use ember_arch::layout::{ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, MAX_GUEST_PHYS};
 use ember_arch::memory::{create_guest_memory, MemoryError};
+use ember_arch::mptable::{setup_mptable, MptableError};
 use ember_arch::regs::{self, RegsError};
 use ember_devices::acpi_pm::{AcpiPm, ACPI_PM_LEN};
 use ember_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -25,6 +26,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VmConfig};
+use crate::devices::{setup_virtio_devices, DeviceError};
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitLatch, ExitReason};
 use crate::vm::Vm;
@@ -92,6 +94,9 @@ pub enum BuildError {
     /// ACPI tables could not be built.
     #[error("cannot build ACPI tables: {0}")]
     Acpi(#[from] AcpiError),
+    /// The MP table (CPUs and IO-APIC for kernels booted with `acpi=off`) could not be built.
+    #[error("cannot build the MP table: {0}")]
+    Mptable(#[from] MptableError),
     /// vCPU register setup failed.
     #[error(transparent)]
     Regs(#[from] RegsError),
@@ -106,6 +111,9 @@ pub enum BuildError {
     /// Two devices claim the same addresses.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -209,14 +217,21 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     let latch = Arc::new(ExitLatch::default());
     let (mut pio, mut events) = setup_platform_devices(latch.clone())?;
     setup_serial(&vm_fd, &config.serial, &mut pio, &mut events)?;
+    let mut mmio = Bus::new();
+    let devices = setup_virtio_devices(&vm_fd, &memory, config, &mut mmio, &mut events)?;
 
     let rsdp = create_acpi_tables(
         &memory,
         &AcpiConfig {
             num_cpus: machine.vcpus,
-            mmio_devices: &[],
+            mmio_devices: if devices.in_dsdt {
+                &devices.mmio_devices
+            } else {
+                &[]
+            },
         },
     )?;
+    setup_mptable(&memory, machine.vcpus)?;
     let kernel = boot::load_kernel(&memory, &mut kernel_file).map_err(|err| BuildError::Boot {
         path: config.boot.kernel.clone(),
         err,
@@ -236,15 +251,20 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             )?),
             _ => None,
         };
+    let cmdline = match devices.cmdline.as_str() {
+        "" => config.boot.effective_cmdline().to_string(),
+        extra => format!("{} {extra}", config.boot.effective_cmdline()),
+    };
+    log::debug!("kernel command line: {cmdline}");
     let info = BootInfo {
-        cmdline: config.boot.effective_cmdline().as_bytes(),
+        cmdline: cmdline.as_bytes(),
         initrd,
         rsdp,
     };
     boot::write_boot_info(&memory, &kernel, &info).map_err(BuildError::BootInfo)?;
 
     register_kick_signal().map_err(device_err("vCPU kick signal"))?;
-    let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::new()));
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::with_capacity(usize::from(machine.vcpus));
     for index in 0..machine.vcpus {
         let fd = vm_fd

@@ -52,6 +52,17 @@ struct RunArgs {
     /// Guest memory: 128M, 1G, or bytes [default: 128M].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Block device: path=PATH[,readonly=on][,id=NAME][,root=on]. Repeatable; added after the
+    /// config file's drives.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    disk: Vec<ember::DriveConfig>,
+    /// Add an entropy device (virtio-rng, the guest's /dev/hwrng).
+    #[arg(long)]
+    rng: bool,
+    /// How the guest finds virtio devices: auto (ACPI unless the command line has acpi=off),
+    /// acpi, or cmdline (virtio_mmio.device=).
+    #[arg(long, value_name = "MODE", value_parser = parse_discovery)]
+    discovery: Option<ember::DeviceDiscovery>,
     /// Serial console: stdio, file:PATH or none.
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     serial: String,
@@ -77,6 +88,51 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
             )),
         },
     }
+}
+
+fn parse_discovery(s: &str) -> Result<ember::DeviceDiscovery, String> {
+    match s {
+        "auto" => Ok(ember::DeviceDiscovery::Auto),
+        "acpi" => Ok(ember::DeviceDiscovery::Acpi),
+        "cmdline" => Ok(ember::DeviceDiscovery::Cmdline),
+        _ => Err(format!(
+            "invalid --discovery `{s}`: expected auto, acpi or cmdline"
+        )),
+    }
+}
+
+fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("invalid {key}=`{value}`: expected on or off")),
+    }
+}
+
+/// Parses `path=PATH[,readonly=on][,id=NAME][,root=on]`; the id is filled in later if absent.
+fn parse_disk(spec: &str) -> Result<ember::DriveConfig, String> {
+    let mut drive = ember::DriveConfig {
+        id: String::new(),
+        path: PathBuf::new(),
+        read_only: false,
+        root: false,
+    };
+    for part in spec.split(',') {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            format!("invalid --disk `{spec}`: `{part}` is not KEY=VALUE (expected path=PATH[,readonly=on][,id=NAME][,root=on])")
+        })?;
+        match key {
+            "path" if !value.is_empty() => drive.path = value.into(),
+            "id" if !value.is_empty() => drive.id = value.into(),
+            "readonly" | "ro" => drive.read_only = parse_on_off(key, value)?,
+            "root" => drive.root = parse_on_off(key, value)?,
+            _ => return Err(format!("invalid --disk `{spec}`: unknown or empty `{key}`")),
+        }
+    }
+    if drive.path.as_os_str().is_empty() {
+        return Err(format!("invalid --disk `{spec}`: path=PATH is required"));
+    }
+    Ok(drive)
 }
 
 /// Turns flags (and the optional config file) into a VM configuration.
@@ -115,6 +171,22 @@ fn to_config(args: &RunArgs) -> Result<VmConfig, String> {
         config.machine.mem_size_mib = bytes >> 20;
     }
     config.serial = parse_serial(&args.serial)?;
+    for drive in &args.disk {
+        let mut drive = drive.clone();
+        if drive.id.is_empty() {
+            drive.id = (0..)
+                .map(|i| format!("disk{i}"))
+                .find(|id| config.drives.iter().all(|d| &d.id != id))
+                .unwrap_or_default();
+        }
+        config.drives.push(drive);
+    }
+    if args.rng {
+        config.entropy = Some(ember::EntropyConfig {});
+    }
+    if let Some(discovery) = args.discovery {
+        config.boot.device_discovery = discovery;
+    }
     Ok(config)
 }
 
@@ -228,6 +300,37 @@ mod tests {
         assert_eq!((c.machine.vcpus, c.machine.mem_size_mib), (2, 1024));
         assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));
         assert_eq!(c.boot.cmdline, None);
+    }
+
+    #[test]
+    fn disks_rng_and_discovery() {
+        let c = to_config(&args(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/r.ext4,readonly=on,root=on,id=rootfs",
+            "--disk",
+            "path=/b.img",
+            "--rng",
+            "--discovery",
+            "cmdline",
+        ]))
+        .unwrap();
+        let ids: Vec<_> = c.drives.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["disk0", "rootfs", "disk1"]);
+        assert!(c.drives[1].read_only && c.drives[1].root);
+        assert!(c.entropy.is_some());
+        assert_eq!(c.boot.device_discovery, ember::DeviceDiscovery::Cmdline);
+        for bad in [
+            "readonly=on",
+            "path=/a,readonly=maybe",
+            "path=/a,size=1",
+            "path=/a,junk",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

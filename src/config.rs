@@ -24,6 +24,59 @@ pub struct VmConfig {
     /// Where the serial console goes.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// Block devices, in the order the guest sees them (the root drive, if any, is always
+    /// presented first, as `/dev/vda`).
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// An entropy device (virtio-rng) when present.
+    #[serde(default)]
+    pub entropy: Option<EntropyConfig>,
+}
+
+/// A virtio-blk drive backed by a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Unique name; also what the guest's `GET_ID` (`/sys/block/vdX/serial`) returns.
+    pub id: String,
+    /// The image file (or block device).
+    pub path: PathBuf,
+    /// Open read-only and advertise the disk as read-only to the guest.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The guest's root filesystem: adds `root=/dev/vda ro|rw` to the command line.
+    #[serde(default)]
+    pub root: bool,
+}
+
+/// A virtio-rng device serving the host's `getrandom`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {}
+
+/// How the guest kernel learns about virtio-mmio devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceDiscovery {
+    /// ACPI (the DSDT), unless the command line has `acpi=off`, then the command line.
+    #[default]
+    Auto,
+    /// `LNRO0005` devices in the DSDT only; for kernels that read ACPI (stock distro kernels).
+    Acpi,
+    /// `virtio_mmio.device=` on the kernel command line only; for kernels built with
+    /// `VIRTIO_MMIO_CMDLINE_DEVICES`, with or without ACPI.
+    Cmdline,
+}
+
+impl DeviceDiscovery {
+    /// Resolves `Auto` against the kernel command line.
+    pub fn resolve(self, cmdline: &str) -> Self {
+        match self {
+            Self::Auto if cmdline.split_whitespace().any(|w| w == "acpi=off") => Self::Cmdline,
+            Self::Auto => Self::Acpi,
+            other => other,
+        }
+    }
 }
 
 /// What to boot.
@@ -38,6 +91,9 @@ pub struct BootConfig {
     /// Kernel command line; [`DEFAULT_CMDLINE`] when absent.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// How the kernel finds virtio devices.
+    #[serde(default)]
+    pub device_discovery: DeviceDiscovery,
 }
 
 impl BootConfig {
@@ -47,6 +103,7 @@ impl BootConfig {
             kernel: kernel.into(),
             initrd: None,
             cmdline: None,
+            device_discovery: DeviceDiscovery::Auto,
         }
     }
 
@@ -99,6 +156,8 @@ impl VmConfig {
             boot: BootConfig::new(kernel),
             machine: MachineConfig::default(),
             serial: SerialConfig::default(),
+            drives: Vec::new(),
+            entropy: None,
         }
     }
 }
@@ -147,8 +206,25 @@ mod tests {
     fn config_round_trips_through_json() {
         let mut c = VmConfig::new("/k");
         c.serial = SerialConfig::File("/tmp/out".into());
+        c.drives.push(DriveConfig {
+            id: "root".into(),
+            path: "/img".into(),
+            read_only: true,
+            root: true,
+        });
+        c.entropy = Some(EntropyConfig {});
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
         assert_eq!(c.boot.effective_cmdline(), DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn discovery_follows_acpi_off() {
+        let auto = DeviceDiscovery::Auto;
+        assert_eq!(auto.resolve("console=ttyS0"), DeviceDiscovery::Acpi);
+        assert_eq!(auto.resolve("quiet acpi=off"), DeviceDiscovery::Cmdline);
+        assert_eq!(auto.resolve("xacpi=offx"), DeviceDiscovery::Acpi);
+        let acpi = DeviceDiscovery::Acpi;
+        assert_eq!(acpi.resolve("acpi=off"), DeviceDiscovery::Acpi);
     }
 }

@@ -15,12 +15,16 @@
 
 mod builder;
 pub mod config;
+mod devices;
 mod event_loop;
 mod exit;
 pub mod firecracker;
 mod vm;
 
 pub use builder::{build, BuildError, MAX_VCPUS};
-pub use config::{BootConfig, MachineConfig, SerialConfig, VmConfig};
+pub use config::{
+    BootConfig, DeviceDiscovery, DriveConfig, EntropyConfig, MachineConfig, SerialConfig, VmConfig,
+};
+pub use devices::DeviceError;
 pub use exit::ExitReason;
 pub use vm::{Vm, VmError, VmState};

@@ -135,7 +135,15 @@ fn malformed_config_files() {
                 r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "drives": [{{"drive_id": "rootfs"}}]}}"#,
                 k.display()
             ),
-            "section `drives` is not supported",
+            "in `drives`: missing field `path_on_host`",
+        ),
+        (
+            "vsock.json",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/v.sock"}}}}"#,
+                k.display()
+            ),
+            "section `vsock` is not supported",
         ),
         (
             "typo.json",

@@ -5,110 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::Output;
 
-use common::{root, scratch, text};
-
-/// Per-boot time limit, generous for nested KVM under TCG.
-const TIMEOUT_SECS: &str = "600";
-/// Command line for most boots: `quiet`, because every console byte is a (slow, when nested)
-/// VM exit. Panic and reboot messages still show.
-const QUIET: &str = "--cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet'";
-
-struct Env {
-    /// State directory of this process's private box, when Linux needs the box here.
-    box_dir: Option<PathBuf>,
-}
-
-fn box_sh(box_dir: &Path) -> Command {
-    let mut c = Command::new(root().join("resources/box/box.sh"));
-    // EMBER_BOX_DEBUG keeps the box kernel's log in its console.log, for post-mortems.
-    c.env("EMBER_BOX_DIR", box_dir).env("EMBER_BOX_DEBUG", "1");
-    c
-}
-
-/// One guest at a time: nested KVM under TCG has crashed the box's own kernel when several
-/// guests booted at once, and serial boots are easier to read in logs anyway.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let status = Command::new(root().join("resources/guest/build.sh"))
-            .status()
-            .expect("run resources/guest/build.sh");
-        assert!(status.success(), "building guest images failed");
-        let need = Command::new(root().join("resources/box/box.sh"))
-            .arg("need")
-            .status()
-            .expect("run box.sh need");
-        if !need.success() {
-            return Env { box_dir: None };
-        }
-        // A private box owned by this process: it stops when the tests end, and neither
-        // disturbs nor depends on a box a developer has running.
-        let dir = std::env::temp_dir().join(format!("ember-test-box-{}", std::process::id()));
-        let status = box_sh(&dir)
-            .args(["start", "--owner", &std::process::id().to_string()])
-            .status()
-            .expect("run box.sh start");
-        assert!(status.success(), "starting the nested-KVM box failed");
-        Env { box_dir: Some(dir) }
-    })
-}
-
-fn guest(file: &str) -> String {
-    root().join("build/guest").join(file).display().to_string()
-}
-
-/// Runs `sh -c SCRIPT` (which may use `$EMBER` for the binary under test) where Linux guests
-/// can run, from the repository root.
-fn sh(script: &str) -> Output {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let script = format!("EMBER={}; {script}", env!("CARGO_BIN_EXE_ember"));
-    let Some(dir) = &env().box_dir else {
-        let mut direct = Command::new("timeout");
-        direct.args([TIMEOUT_SECS, "sh", "-c", &script]);
-        return direct
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-    };
-    let mut attempt = 1;
-    loop {
-        let out = box_sh(dir)
-            .args(["exec", "--timeout", TIMEOUT_SECS, "--", "sh", "-c", &script])
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        // 125: the box itself failed (its kernel died), not the command. Show why, and give
-        // the command one more chance in a fresh box; the command's own failures are final.
-        if out.status.code() != Some(125) || attempt == 2 {
-            return out;
-        }
-        let log = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-        eprintln!(
-            "nested-KVM box failed; its console ends with:\n{}\nretrying in a fresh box",
-            tail(&log)
-        );
-        let _ = box_sh(dir).arg("stop").status();
-        let started = box_sh(dir)
-            .args(["start", "--owner", &std::process::id().to_string()])
-            .status()
-            .expect("run box.sh start");
-        assert!(started.success(), "restarting the nested-KVM box failed");
-        attempt += 1;
-    }
-}
-
-/// Runs `ember run ARGS`.
-fn ember_run(args: &str) -> Output {
-    sh(&format!("exec \"$EMBER\" run {args}"))
-}
+use common::linux::{ember_run, guest, sh, tail, QUIET};
+use common::{scratch, text};
 
 /// Asserts a clean run whose /init reported `cpus` vCPUs and about `mem_mib` of memory.
 fn assert_booted(out: &Output, cpus: u32, mem_mib: u64) {
@@ -144,11 +44,6 @@ fn assert_booted(out: &Output, cpus: u32, mem_mib: u64) {
         "guest did not reboot: {}",
         tail(&stdout)
     );
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
 #[test]

@@ -1,13 +1,26 @@
 //! Guest physical memory layout shared by the boot code, ACPI and the device model.
 //!
 //! ```text
-//! 0x0000_0500  GDT (4 entries)            0x0000_9000  PML4
-//! 0x0000_0520  IDT (empty)                0x0000_a000  PDPT
-//! 0x0000_6000  PVH start_info + memmap    0x0000_b000  PD (4 pages: first 4 GiB, 2 MiB pages)
-//! 0x0000_7000  Linux zero page            0x0002_0000  kernel command line
-//! 0x0000_8ff0  boot stack top             0x000e_0000  ACPI tables (RSDP first)
-//! 0x0010_0000  kernel (1 MiB)             0xc000_0000  32-bit MMIO hole up to 4 GiB
+//! 0x0000_0500  GDT (4 entries)
+//! 0x0000_0520  IDT (empty)
+//! 0x0000_6000  PVH start_info + memmap
+//! 0x0000_7000  Linux zero page
+//! 0x0000_8ff0  boot stack top
+//! 0x0000_9000  PML4
+//! 0x0000_a000  PDPT
+//! 0x0000_b000  PD (4 pages: first 4 GiB, 2 MiB pages)
+//! 0x0002_0000  kernel command line
+//! 0x0009_fc00  end of low RAM in the e820 map; MP floating pointer (16 bytes)
+//! 0x000a_0000  legacy VGA window: unused, left alone
+//! 0x000c_0000  MP configuration table (up to 8 KiB, in the option-ROM area)
+//! 0x000e_0000  ACPI tables (RSDP first)
+//! 0x0010_0000  kernel (1 MiB)
+//! 0xc000_0000  32-bit MMIO hole up to 4 GiB
 //! ```
+//!
+//! Guest memory is mapped without holes below 1 MiB, but from `EBDA_START` to 1 MiB nothing is
+//! RAM in the e820 map (only the ACPI area is listed, as reserved), so the guest never
+//! allocates over the MP and ACPI tables.
 
 /// Where the GDT is written.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -35,6 +48,13 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 4096;
 /// End of conventional low memory (EBDA starts here).
 pub const EBDA_START: u64 = 0x9fc00;
+/// MP configuration table (Intel MultiProcessor Specification 1.4). The floating pointer sits
+/// at `EBDA_START`, in the last KiB of base memory where guests scan for it, but a table for
+/// 254 CPUs (over 5 KiB) does not fit in the 1 KiB below `0xa0000`; the floating pointer
+/// points here instead, into the option-ROM area that nothing else in Ember uses.
+pub const MPTABLE_START: u64 = 0xc_0000;
+/// Room reserved for the MP configuration table.
+pub const MPTABLE_SIZE: u64 = 0x2000;
 /// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
 pub const ACPI_START: u64 = 0xe0000;
 /// Size of the ACPI area.
@@ -53,6 +73,8 @@ pub const MMIO_DEVICES_END: u64 = 0xfec0_0000;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Local APIC base address.
 pub const APIC_ADDR: u64 = 0xfee0_0000;
+/// Inputs of KVM's in-kernel IO-APIC (KVM_IOAPIC_NUM_PINS); GSI n is wired to pin n.
+pub const IOAPIC_PINS: u32 = 24;
 /// Legacy IRQ of COM1.
 pub const COM1_IRQ: u32 = 4;
 /// First GSI handed out to devices (after the legacy ISA IRQs).

@@ -18,6 +18,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+pub(super) use crate::layout::IOAPIC_PINS;
 use crate::layout::{APIC_ADDR, IOAPIC_ADDR};
 
 /// MADT revision of ACPI 6.3 and later.
@@ -28,8 +29,6 @@ const MADT_HEADER_LEN: u32 = 44;
 /// APICs. True with KVM's in-kernel irqchip, which always includes the PIC.
 const PCAT_COMPAT: u32 = 1;
 
-/// Inputs of KVM's in-kernel IO-APIC (KVM_IOAPIC_NUM_PINS).
-pub(super) const IOAPIC_PINS: u32 = 24;
 /// IO-APIC ID; matches the reset value of KVM's IO-APIC ID register.
 const IOAPIC_ID: u8 = 0;
 /// xAPIC IDs stop at 254 (0xff is the broadcast ID); from 255 on a CPU needs an x2APIC entry.
