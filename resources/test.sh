@@ -10,11 +10,15 @@ EMBER_LOG_TAG=test.sh
 # shellcheck source=guest/lib.sh
 . resources/guest/lib.sh
 
-ember_need gcc=gcc ld=binutils iasl=acpica-tools unshare=util-linux timeout=coreutils
+ember_need gcc=gcc ld=binutils iasl=acpica-tools unshare=util-linux timeout=coreutils \
+    /usr/lib/x86_64-linux-gnu/libc.a=libc6-dev depmod=kmod mkfs.ext4=e2fsprogs debugfs=e2fsprogs
 command -v cargo >/dev/null || ember_die "cargo is not installed (Rust toolchain required)"
 
 ember_log "building guest images"
 resources/guest/build.sh
+# The minimal microVM kernel (virtio built in); a few minutes the first time,
+# then only its checks (build/kernel/stamp).
+resources/kernel/build.sh
 if resources/box/box.sh need; then
     ember_log "/dev/kvm here cannot run Linux guests: preparing the nested-KVM box"
     resources/box/box.sh build

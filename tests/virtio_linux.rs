@@ -218,7 +218,7 @@ fn rootfs(test: &str) -> PathBuf {
 
 const ROOT_SCRIPT: &str = r#"
 echo "ROOT-FSTYPE $(awk '$2 == "/" { t = $3 } END { print t }' /proc/mounts)"
-[ "$(mountpoint -d /)" = "$(cat /sys/block/vda/dev)" ] && echo "ROOT-IS-VDA"
+[ "$(awk '$5 == "/" { d = $3 } END { print d }' /proc/self/mountinfo)" = "$(cat /sys/block/vda/dev)" ] && echo "ROOT-IS-VDA"
 echo "ROOT-CMDLINE $(tr ' ' '\n' </proc/cmdline | grep -E '^(root=|ro$|rw$)' | tr '\n' ' ')"
 echo persisted >/etc/ember-written && sync && echo "ROOT-WRITE-OK"
 "#;

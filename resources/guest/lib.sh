@@ -185,3 +185,24 @@ ember_pvh_entry() {
     for ((i = ${#bytes[@]} - 1; i >= 0; i--)); do hex+=${bytes[i]}; done
     printf '0x%x\n' "$((16#$hex))"
 }
+
+# ember_guest_userland STAGE: populate the directory STAGE with the test
+# guest's user space, shared by the initramfs (build.sh) and the ext4 root
+# images (rootfs.sh): static /bin/busybox with every applet linked to it,
+# resources/guest/init as /init, resources/guest/ember-wait as /bin/ember-wait,
+# and the empty mount points. Needs a static /bin/busybox (busybox-static).
+EMBER_GUEST_SRC=$EMBER_ROOT/resources/guest
+ember_guest_userland() {
+    local stage=$1 applet
+    mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
+    chmod 1777 "$stage/tmp"
+    cp /bin/busybox "$stage/bin/busybox"
+    while read -r applet; do
+        [[ -e $stage/$applet || -L $stage/$applet ]] && continue
+        ln -s /bin/busybox "$stage/$applet"
+    done < <(/bin/busybox --list-full)
+    install -m 0755 "$EMBER_GUEST_SRC/init" "$stage/init"
+    install -m 0755 "$EMBER_GUEST_SRC/ember-wait" "$stage/bin/ember-wait"
+    # Without root the console node is skipped; /init reopens it from devtmpfs.
+    mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
+}
