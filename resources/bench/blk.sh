@@ -25,8 +25,9 @@
 # Ember/QEMU, then the raw numbers. A guest that fails to print its 4 results
 # is booted once more (EMBER_BENCH_RETRIES, default 1; nested SVM under TCG
 # occasionally resets a guest) and every failed boot is listed. Exit status 0
-# when every run of both VMMs produced its 4 results, 1 otherwise (and on
-# build or box failures). Takes ~10 minutes with the defaults in the box.
+# when every run of both VMMs produced its 4 results, 1 otherwise; non-zero
+# too on build or box failures. With the defaults, in the box: ~5 minutes on
+# a quiet 2-core host, ~10 on a busy one.
 #
 # Environment: EMBER_BENCH_RAND_MIB, EMBER_BENCH_RETRIES, EMBER_BENCH_BOX_DIR,
 # EMBER_BENCH_GUEST_TIMEOUT (seconds per guest boot, default 900),
