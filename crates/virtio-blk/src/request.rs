@@ -7,7 +7,7 @@
 //! used entry of length zero; never a panic, never a hang.
 
 use ember_virtio::chain::{pieces, read_bytes, write_bytes, ChainBuffers, Segment};
-use ember_virtio::{warn_limited, GuestMemory, LogLimiter, Queue, QueueOwnedT, QueueT};
+use ember_virtio::{drain_queue, warn_limited, GuestMemory, LogLimiter, Queue};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -66,26 +66,13 @@ pub fn process_queue(
     id: &DriveId,
     ctx: &mut RequestContext,
 ) -> Result<bool, virtio_queue::Error> {
-    let mut completed = false;
-    loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let used = match ctx.chain.load(chain) {
-                Ok(()) => serve(mem, disk, id, ctx),
-                Err(e) => {
-                    warn_limited!(ctx.limiter, "virtio-blk {}: {e}", disk.path().display());
-                    0
-                }
-            };
-            queue.add_used(mem, head, used)?;
-            completed = true;
+    drain_queue(queue, mem, |chain| match ctx.chain.load(chain) {
+        Ok(()) => serve(mem, disk, id, ctx),
+        Err(e) => {
+            warn_limited!(ctx.limiter, "virtio-blk {}: {e}", disk.path().display());
+            0
         }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    Ok(completed && queue.needs_notification(mem)?)
+    })
 }
 
 /// Serves the request loaded in `ctx.chain`; returns the used length.

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ember_virtio::testing::{get, put, r, raw, w, Driver, Seg};
 use ember_virtio::{Activation, GuestMemory, Interrupt, QueueHandler, VirtioDevice};
 use ember_virtio::{Queue, QueueOwnedT, QueueT};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::{MockSplitQueue, UsedRing};
+use virtio_queue::desc::RawDescriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -23,7 +23,6 @@ const QSIZE: u16 = 16;
 const REGION: u64 = 0x10_0000;
 const MEM_END: u64 = 2 * REGION;
 const OUTSIDE: u64 = 0x4000_0000; // nothing lives here
-const USED_RING: u64 = 0x400;
 const IND: u64 = 0x1000; // indirect tables
 const HDR: u64 = 0x1_0000; // request headers
 const DATA: u64 = 0x2_0000; // data buffers
@@ -46,16 +45,6 @@ fn guest_memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), size), (GuestAddress(REGION), size)]).unwrap()
 }
 
-fn put(mem: &GuestMemory, addr: u64, data: &[u8]) {
-    mem.write_slice(data, GuestAddress(addr)).unwrap();
-}
-
-fn get(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-    buf
-}
-
 fn header(mem: &GuestMemory, addr: u64, kind: u32, sector: u64) {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -67,112 +56,6 @@ fn header(mem: &GuestMemory, addr: u64, kind: u32, sector: u64) {
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     let byte = |i: usize| (i as u8).wrapping_mul(7) ^ (i / 512) as u8 ^ seed;
     (0..len).map(byte).collect()
-}
-
-fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-}
-
-/// One buffer of a chain: (address, length, device-writable).
-type Seg = (u64, u32, bool);
-fn r(addr: u64, len: u32) -> Seg {
-    (addr, len, false)
-}
-fn w(addr: u64, len: u32) -> Seg {
-    (addr, len, true)
-}
-
-/// The driver side of a split queue: the mock's descriptor table and available ring, and a
-/// used ring of our own (the mock places its used ring over the second half of its available
-/// ring: `SplitQueueRing::end` counts elements, not bytes).
-struct Driver<'a> {
-    vq: MockSplitQueue<'a, GuestMemory>,
-    used: UsedRing<'a, GuestMemory>,
-    start: u16,
-    avail: u16,
-    free: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemory) -> Self {
-        Self::new_at(mem, 0)
-    }
-
-    /// Rings whose indexes start at `start` (to exercise wrap-around).
-    fn new_at(mem: &'a GuestMemory, start: u16) -> Self {
-        let vq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
-        let used = UsedRing::new(mem, GuestAddress(USED_RING), QSIZE);
-        vq.avail().idx().store(start);
-        used.idx().store(start);
-        let (avail, free) = (start, 0);
-        Self {
-            vq,
-            used,
-            start,
-            avail,
-            free,
-        }
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q: Queue = self.vq.create_queue().unwrap();
-        q.set_used_ring_address(Some(USED_RING as u32), Some(0));
-        q.set_next_avail(self.start);
-        q.set_next_used(self.start);
-        q
-    }
-
-    fn set_desc(&self, index: u16, d: RawDescriptor) {
-        self.vq.desc_table().store(index, d).unwrap();
-    }
-
-    /// Writes `segs` as one linked chain in the next table slots and offers it.
-    fn push(&mut self, segs: &[Seg]) -> u16 {
-        let head = self.free;
-        for (i, &(addr, len, write)) in segs.iter().enumerate() {
-            let index = (head + i as u16) % QSIZE;
-            let more = if i + 1 < segs.len() { NEXT } else { 0 };
-            let flags = if write { WRITE | more } else { more };
-            self.set_desc(index, raw(addr, len, flags, (index + 1) % QSIZE));
-        }
-        self.free = (head + segs.len() as u16) % QSIZE;
-        self.offer(head);
-        head
-    }
-
-    fn offer(&mut self, head: u16) {
-        let slot = usize::from(self.avail % QSIZE);
-        self.vq.avail().ring().ref_at(slot).unwrap().store(head);
-        self.set_avail_idx(self.avail.wrapping_add(1));
-    }
-
-    fn set_avail_idx(&mut self, idx: u16) {
-        self.avail = idx;
-        self.vq.avail().idx().store(idx);
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.used.idx().load()
-    }
-
-    /// Used entry number `n` (a free-running index) as (id, len).
-    fn used(&self, n: u16) -> (u32, u32) {
-        let slot = usize::from(n % QSIZE);
-        let e = self.used.ring().ref_at(slot).unwrap().load();
-        (e.id(), e.len())
-    }
-
-    /// The used length of the latest completion, checking it is for `head`.
-    fn last_used(&self, head: u16) -> u32 {
-        let (id, len) = self.used(self.used_idx().wrapping_sub(1));
-        assert_eq!(id, u32::from(head));
-        len
-    }
-
-    /// Where the driver asks for an interrupt (with `VIRTIO_RING_F_EVENT_IDX`).
-    fn used_event(&self) -> u64 {
-        self.vq.avail_addr().0 + 4 + 2 * u64::from(QSIZE)
-    }
 }
 
 /// A disk image under the temp dir, removed on drop.
@@ -228,7 +111,7 @@ struct Harness<'a> {
 impl<'a> Harness<'a> {
     fn new(mem: &'a GuestMemory, name: &str, read_only: bool) -> Self {
         let (drv, file) = (
-            Driver::new(mem),
+            Driver::new(mem, QSIZE, 0),
             TempDisk::new(name, &pattern(DISK_BYTES, 0)),
         );
         let (q, disk, id) = (drv.queue(), file.open(read_only), drive_id(name));
@@ -503,7 +386,7 @@ fn impossible_avail_ring_is_a_queue_error() {
         Err(virtio_queue::Error::InvalidAvailRingIndex)
     ));
     // So is a head index past the table.
-    t.drv = Driver::new(&mem);
+    t.drv = Driver::new(&mem, QSIZE, 0);
     t.q = t.drv.queue();
     t.drv.offer(QSIZE);
     assert!(t.try_run().is_err());
@@ -520,7 +403,7 @@ fn block_device_stops_serving_a_broken_queue_until_reset() {
     assert_eq!(dev.features() & (1 << VIRTIO_BLK_F_RO), 0);
     dev.handle_queue(0); // not active yet: nothing happens
 
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     let irq = activate(&mut dev, &mem, drv.queue());
     header(&mem, HDR, IN, 2);
     let request = [r(HDR, 16), w(DATA, 512), w(STATUS, 1)];
@@ -543,7 +426,7 @@ fn block_device_stops_serving_a_broken_queue_until_reset() {
     dev.reset();
     dev.handle_queue(0);
     assert_eq!(drv.used_idx(), 1);
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     let irq = activate(&mut dev, &mem, drv.queue());
     let head = drv.push(&request);
     dev.handle_queue(0);
@@ -557,7 +440,7 @@ fn block_device_honours_event_idx() {
     let file = TempDisk::new("event-idx", &pattern(DISK_BYTES, 0));
     let mut dev = Block::new(file.open(true), "event-idx").unwrap();
     assert_ne!(dev.features() & (1 << VIRTIO_BLK_F_RO), 0);
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     let mut queue = drv.queue();
     queue.set_event_idx(true);
     let irq = activate(&mut dev, &mem, queue);
@@ -577,7 +460,7 @@ fn host_io_error_is_reported_and_the_device_keeps_going() {
     let mem = guest_memory();
     let file = TempDisk::new("host-eof", &pattern(DISK_BYTES, 9));
     let mut dev = Block::new(file.open(false), "host-eof").unwrap();
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     let irq = activate(&mut dev, &mem, drv.queue());
     file.set_len(0);
     header(&mem, HDR, IN, 2);
@@ -688,7 +571,7 @@ fn random_descriptor_tables_never_panic() {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let noise: Vec<u8> = (0..0x2_0000).map(|_| rng.next() as u8).collect();
     put(&mem, DATA, &noise);
-    t.drv = Driver::new_at(&mem, 65_000);
+    t.drv = Driver::new(&mem, QSIZE, 65_000);
     t.q = t.drv.queue();
     let (mut served, mut errors) = (0, 0);
     for _ in 0..2000 {
@@ -740,7 +623,7 @@ fn random_descriptor_tables_never_panic() {
             (Ok(_), None) => panic!("served a queue the library refuses"),
             (Err(_), _) => {
                 errors += 1;
-                t.drv = Driver::new_at(&mem, rng.next() as u16);
+                t.drv = Driver::new(&mem, QSIZE, rng.next() as u16);
                 t.q = t.drv.queue();
             }
         }

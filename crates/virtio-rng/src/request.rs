@@ -2,7 +2,7 @@
 //! bytes, up to [`MAX_BYTES_PER_REQUEST`].
 
 use ember_virtio::chain::{pieces, ChainBuffers};
-use ember_virtio::{warn_limited, GuestMemory, LogLimiter, Queue, QueueOwnedT, QueueT};
+use ember_virtio::{drain_queue, warn_limited, GuestMemory, LogLimiter, Queue};
 use vm_memory::Bytes;
 
 /// Cap on one request, so a guest cannot make the VMM generate gigabytes in one go.
@@ -51,26 +51,13 @@ pub fn process_queue(
     mem: &GuestMemory,
     ctx: &mut RequestContext,
 ) -> Result<bool, virtio_queue::Error> {
-    let mut completed = false;
-    loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let used = match ctx.chain.load(chain) {
-                Ok(()) => fill(mem, ctx),
-                Err(e) => {
-                    warn_limited!(ctx.limiter, "virtio-rng: {e}");
-                    0
-                }
-            };
-            queue.add_used(mem, head, used)?;
-            completed = true;
+    drain_queue(queue, mem, |chain| match ctx.chain.load(chain) {
+        Ok(()) => fill(mem, ctx),
+        Err(e) => {
+            warn_limited!(ctx.limiter, "virtio-rng: {e}");
+            0
         }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    Ok(completed && queue.needs_notification(mem)?)
+    })
 }
 
 /// Fills the loaded chain's writable buffers; returns the bytes written.

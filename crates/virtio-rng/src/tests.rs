@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
+use ember_virtio::testing::{get, put, r, raw, w, Driver, Seg};
 use ember_virtio::{ActivateError, Activation, GuestMemory, Interrupt, QueueHandler, VirtioDevice};
-use ember_virtio::{Queue, QueueT, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use ember_virtio::{Queue, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::{MockSplitQueue, UsedRing};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::request::{process_queue, RequestContext, MAX_BYTES_PER_REQUEST};
@@ -17,7 +16,6 @@ use crate::Rng;
 const QSIZE: u16 = 16;
 const MEM_END: u64 = 0x10_0000;
 const OUTSIDE: u64 = 0x4000_0000;
-const USED_RING: u64 = 0x400;
 const BUF: u64 = 0x1_0000;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -27,107 +25,13 @@ fn guest_memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_END as usize)]).unwrap()
 }
 
-fn put(mem: &GuestMemory, addr: u64, data: &[u8]) {
-    mem.write_slice(data, GuestAddress(addr)).unwrap();
-}
-
-fn get(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-    buf
-}
-
 fn zeros(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
-fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-}
-
-/// One buffer of a chain: (address, length, device-writable).
-type Seg = (u64, u32, bool);
-fn r(addr: u64, len: u32) -> Seg {
-    (addr, len, false)
-}
-fn w(addr: u64, len: u32) -> Seg {
-    (addr, len, true)
-}
-
-/// The driver side of a split queue: the mock's descriptor table and available ring, and a
-/// used ring of our own (the mock places its used ring over the second half of its available
-/// ring: `SplitQueueRing::end` counts elements, not bytes).
-struct Driver<'a> {
-    vq: MockSplitQueue<'a, GuestMemory>,
-    used: UsedRing<'a, GuestMemory>,
-    avail: u16,
-    free: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemory) -> Self {
-        let vq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
-        let used = UsedRing::new(mem, GuestAddress(USED_RING), QSIZE);
-        let (avail, free) = (0, 0);
-        Self {
-            vq,
-            used,
-            avail,
-            free,
-        }
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q: Queue = self.vq.create_queue().unwrap();
-        q.set_used_ring_address(Some(USED_RING as u32), Some(0));
-        q
-    }
-
-    fn set_desc(&self, index: u16, d: RawDescriptor) {
-        self.vq.desc_table().store(index, d).unwrap();
-    }
-
-    /// Writes `segs` as one linked chain in the next table slots and offers it.
-    fn push(&mut self, segs: &[Seg]) -> u16 {
-        let head = self.free;
-        for (i, &(addr, len, write)) in segs.iter().enumerate() {
-            let index = (head + i as u16) % QSIZE;
-            let more = if i + 1 < segs.len() { NEXT } else { 0 };
-            let flags = if write { WRITE | more } else { more };
-            self.set_desc(index, raw(addr, len, flags, (index + 1) % QSIZE));
-        }
-        self.free = (head + segs.len() as u16) % QSIZE;
-        self.offer(head);
-        head
-    }
-
-    fn offer(&mut self, head: u16) {
-        let slot = usize::from(self.avail % QSIZE);
-        self.vq.avail().ring().ref_at(slot).unwrap().store(head);
-        self.set_avail_idx(self.avail.wrapping_add(1));
-    }
-
-    fn set_avail_idx(&mut self, idx: u16) {
-        self.avail = idx;
-        self.vq.avail().idx().store(idx);
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.used.idx().load()
-    }
-
-    /// The used length of the latest completion, checking it is for `head`.
-    fn last_used(&self, head: u16) -> u32 {
-        let slot = usize::from(self.used_idx().wrapping_sub(1) % QSIZE);
-        let e = self.used.ring().ref_at(slot).unwrap().load();
-        assert_eq!(e.id(), u32::from(head));
-        e.len()
-    }
-}
-
 /// Offers each chain in turn, serving the queue after each; returns the used lengths.
 fn serve(mem: &GuestMemory, chains: &[&[Seg]]) -> Vec<u32> {
-    let mut drv = Driver::new(mem);
+    let mut drv = Driver::new(mem, QSIZE, 0);
     let mut q = drv.queue();
     let mut ctx = RequestContext::default();
     let mut used = Vec::new();
@@ -205,7 +109,7 @@ fn buffers_outside_memory_do_not_panic() {
 #[test]
 fn looping_chain_terminates() {
     let mem = guest_memory();
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     let mut q = drv.queue();
     let mut ctx = RequestContext::default();
     // 0 -> 0 -> ...: the chain walk stops after a queue's worth of descriptors.
@@ -216,8 +120,7 @@ fn looping_chain_terminates() {
     drv.offer(1);
     assert!(process_queue(&mut q, &mem, &mut ctx).unwrap());
     assert_eq!(drv.used_idx(), 2);
-    let e = |n: usize| drv.used.ring().ref_at(n).unwrap().load();
-    assert_eq!([e(0).len(), e(1).len()], [u32::from(QSIZE) * 8, 8]);
+    assert_eq!([drv.used(0).1, drv.used(1).1], [u32::from(QSIZE) * 8, 8]);
 }
 
 fn activate(
@@ -246,7 +149,7 @@ fn rng_device_serves_signals_and_survives_a_broken_queue() {
     dev.read_config(0, &mut config);
     assert_eq!(config, [0; 8]);
     dev.handle_queue(0); // not active yet: nothing happens
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     assert!(activate(&mut dev, &mem, vec![]).is_err());
     assert!(activate(&mut dev, &mem, vec![drv.queue(), drv.queue()]).is_err());
 
@@ -266,7 +169,7 @@ fn rng_device_serves_signals_and_survives_a_broken_queue() {
     assert_eq!(drv.used_idx(), 1);
 
     dev.reset();
-    let mut drv = Driver::new(&mem);
+    let mut drv = Driver::new(&mem, QSIZE, 0);
     let irq = activate(&mut dev, &mem, vec![drv.queue()]).unwrap();
     let head = drv.push(&[w(BUF, 16)]);
     dev.handle_queue(0);

@@ -9,13 +9,17 @@
 mod active;
 pub mod chain;
 mod device;
+mod drain;
 mod events;
 mod interrupt;
 mod mmio;
 mod ratelimit;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 
 pub use active::ActiveQueue;
 pub use device::{read_config_bytes, ActivateError, Activation, VirtioDevice};
+pub use drain::drain_queue;
 pub use events::{QueueHandler, QueueSubscriber};
 pub use interrupt::Interrupt;
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
