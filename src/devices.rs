@@ -11,11 +11,12 @@ use ember_arch::layout::{
 };
 use ember_devices::Bus;
 use ember_virtio::{
-    GuestMemory, Interrupt, MmioTransport, QueueHandler, QueueSubscriber, MMIO_WINDOW_SIZE,
-    QUEUE_NOTIFY_OFFSET,
+    GuestMemory, Interrupt, MmioTransport, QueueHandler, QueueSubscriber, VirtioDevice,
+    MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 use ember_virtio_blk::{Block, DiskError, DiskFile};
 use ember_virtio_rng::Rng;
+use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -170,7 +171,7 @@ pub(crate) fn setup_virtio_devices(
     })
 }
 
-/// Places one device: window, GSI, irqfd, ioeventfds, transport, event-loop subscription.
+/// Places a device whose only event sources are its queues; see [`attach_with`].
 fn attach<D: QueueHandler + 'static>(
     vm_fd: &VmFd,
     mem: &GuestMemory,
@@ -178,6 +179,22 @@ fn attach<D: QueueHandler + 'static>(
     mmio: &mut Bus,
     events: &mut EventLoop,
     device: D,
+) -> Result<MmioDevice, DeviceError> {
+    let device = Arc::new(Mutex::new(device));
+    let subscriber = Arc::new(Mutex::new(QueueSubscriber(device.clone())));
+    attach_with(vm_fd, mem, alloc, mmio, events, device, subscriber)
+}
+
+/// Places one device: window, GSI, irqfd, ioeventfds, transport, and `subscriber` (which
+/// watches the device's queue eventfds and any backend fds) on the event loop.
+fn attach_with<D: VirtioDevice + 'static>(
+    vm_fd: &VmFd,
+    mem: &GuestMemory,
+    alloc: &mut Allocators,
+    mmio: &mut Bus,
+    events: &mut EventLoop,
+    device: Arc<Mutex<D>>,
+    subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>,
 ) -> Result<MmioDevice, DeviceError> {
     let window = alloc
         .mmio
@@ -193,7 +210,6 @@ fn attach<D: QueueHandler + 'static>(
     vm_fd
         .register_irqfd(&irqfd, irq)
         .map_err(kvm_setup_err(format!("{name}: interrupt")))?;
-    let device = Arc::new(Mutex::new(device));
     {
         let dev = device.lock().unwrap_or_else(|p| p.into_inner());
         let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
@@ -211,7 +227,7 @@ fn attach<D: QueueHandler + 'static>(
             what: name,
             err: std::io::Error::other(e),
         })?;
-    events.add(Arc::new(Mutex::new(QueueSubscriber(device))));
+    events.add(subscriber);
     Ok(MmioDevice {
         addr: base,
         len: MMIO_WINDOW_SIZE,
