@@ -10,7 +10,7 @@ EMBER_LOG_TAG=test.sh
 # shellcheck source=guest/lib.sh
 . resources/guest/lib.sh
 
-ember_need gcc=gcc ld=binutils iasl=acpica-tools unshare=util-linux timeout=coreutils \
+ember_need gcc=gcc ld=binutils iasl=acpica-tools unshare=util-linux timeout=coreutils ip=iproute2 \
     /usr/lib/x86_64-linux-gnu/libc.a=libc6-dev depmod=kmod mkfs.ext4=e2fsprogs debugfs=e2fsprogs
 command -v cargo >/dev/null || ember_die "cargo is not installed (Rust toolchain required)"
 

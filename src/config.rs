@@ -31,6 +31,78 @@ pub struct VmConfig {
     /// An entropy device (virtio-rng) when present.
     #[serde(default)]
     pub entropy: Option<EntropyConfig>,
+    /// Network interfaces, in the order the guest sees them (`eth0`, `eth1`, ...).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device when present.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+}
+
+/// A virtio-net interface on an existing tap device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Unique name of the interface.
+    pub id: String,
+    /// The host tap device (it must exist; Ember does not create taps, bridges or routes).
+    pub tap: String,
+    /// The guest's MAC address; a random locally administered one when absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// Checksum and segmentation offloads between guest and tap (on by default).
+    #[serde(default = "default_true")]
+    pub offload: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A virtio-vsock device whose host side is a Unix socket, as in Firecracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub guest_cid: u32,
+    /// Host processes connect here (`CONNECT <port>`); guest connections to the host's
+    /// port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// A MAC address, written `02:00:00:00:00:01` in configs and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+pub use ember_virtio_net::MacError;
+
+impl std::str::FromStr for MacAddr {
+    type Err = MacError;
+
+    fn from_str(s: &str) -> Result<Self, MacError> {
+        ember_virtio_net::parse_mac(s).map(MacAddr)
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = MacError;
+
+    fn try_from(s: String) -> Result<Self, MacError> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(mac: MacAddr) -> String {
+        mac.to_string()
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&ember_virtio_net::format_mac(&self.0))
+    }
 }
 
 /// A virtio-blk drive backed by a raw image file.
@@ -158,6 +230,8 @@ impl VmConfig {
             serial: SerialConfig::default(),
             drives: Vec::new(),
             entropy: None,
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 }
@@ -213,9 +287,37 @@ mod tests {
             root: true,
         });
         c.entropy = Some(EntropyConfig {});
+        c.nets.push(NetConfig {
+            id: "net0".into(),
+            tap: "tap0".into(),
+            mac: Some("02:aa:bb:cc:dd:0e".parse().unwrap()),
+            offload: true,
+        });
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/run/v.sock".into(),
+        });
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
         assert_eq!(c.boot.effective_cmdline(), DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn mac_addresses() {
+        let mac: MacAddr = "02:AA:bb:0c:0d:ef".parse().unwrap();
+        assert_eq!(mac.0, [2, 0xaa, 0xbb, 0x0c, 0x0d, 0xef]);
+        assert_eq!(mac.to_string(), "02:aa:bb:0c:0d:ef");
+        for bad in [
+            "",
+            "02:aa:bb:cc:dd",
+            "02:aa:bb:cc:dd:ee:ff",
+            "2:aa:bb:cc:dd:ee",
+            "zz:aa:bb:cc:dd:ee",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        let multicast = "01:00:5e:00:00:01".parse::<MacAddr>().unwrap_err();
+        assert!(multicast.to_string().contains("multicast"), "{multicast}");
     }
 
     #[test]

@@ -15,13 +15,15 @@ use ember_virtio::{
     MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 use ember_virtio_blk::{Block, DiskError, DiskFile};
+use ember_virtio_net::{random_mac, Net, NetConfig as NetDeviceConfig, NetSubscriber, Tap};
 use ember_virtio_rng::Rng;
+use ember_virtio_vsock::{Vsock, VsockSubscriber};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{DeviceDiscovery, DriveConfig, VmConfig};
+use crate::config::{DeviceDiscovery, DriveConfig, NetConfig, VmConfig};
 use crate::event_loop::EventLoop;
 
 /// Errors from setting up devices.
@@ -38,6 +40,20 @@ pub enum DeviceError {
     /// The drive list is inconsistent.
     #[error("invalid drives: {0}")]
     Drives(String),
+    /// A network interface cannot be set up.
+    #[error("network interface `{id}`: {err}")]
+    Net {
+        /// The interface's id.
+        id: String,
+        /// Why.
+        err: ember_virtio_net::TapError,
+    },
+    /// The interface list is inconsistent.
+    #[error("invalid network interfaces: {0}")]
+    Nets(String),
+    /// The vsock device cannot be set up.
+    #[error("{0}")]
+    Vsock(#[from] ember_virtio_vsock::VsockError),
     /// More devices than MMIO windows or interrupt lines.
     #[error("too many devices: no free {0} left")]
     OutOfResources(&'static str),
@@ -100,6 +116,35 @@ fn ordered_drives(drives: &[DriveConfig]) -> Result<Vec<&DriveConfig>, DeviceErr
     Ok(root.into_iter().chain(rest).collect())
 }
 
+/// Checks interface ids and taps are unique and ids non-empty (a tap opened twice would only
+/// fail later, with a less helpful "busy").
+fn check_nets(nets: &[NetConfig]) -> Result<(), DeviceError> {
+    for (i, n) in nets.iter().enumerate() {
+        if n.id.is_empty() {
+            return Err(DeviceError::Nets("an interface has an empty id".into()));
+        }
+        if let Some(o) = nets[..i].iter().find(|o| o.id == n.id) {
+            return Err(DeviceError::Nets(format!(
+                "interface id `{}` is used twice",
+                o.id
+            )));
+        }
+        if let Some(o) = nets[..i].iter().find(|o| o.tap == n.tap) {
+            return Err(DeviceError::Nets(format!(
+                "tap `{}` is used by both `{}` and `{}`",
+                n.tap, o.id, n.id
+            )));
+        }
+        if let Some(o) = nets[..i].iter().find(|o| o.mac.is_some() && o.mac == n.mac) {
+            return Err(DeviceError::Nets(format!(
+                "`{}` and `{}` have the same MAC address",
+                o.id, n.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Creates every virtio device of `config` on `mmio`, wired to KVM and the event loop.
 pub(crate) fn setup_virtio_devices(
     vm_fd: &VmFd,
@@ -152,6 +197,42 @@ pub(crate) fn setup_virtio_devices(
     if config.entropy.is_some() {
         let rng = Rng::new().map_err(setup_err("the entropy device"))?;
         mmio_devices.push(attach(vm_fd, mem, &mut alloc, mmio, events, rng)?);
+    }
+    check_nets(&config.nets)?;
+    for net in &config.nets {
+        let tap = Tap::open(&net.tap, net.offload).map_err(|err| DeviceError::Net {
+            id: net.id.clone(),
+            err,
+        })?;
+        let mac = net.mac.map(|m| m.0).unwrap_or_else(random_mac);
+        log::info!(
+            "network interface `{}`: tap {}, MAC {}",
+            net.id,
+            net.tap,
+            crate::config::MacAddr(mac)
+        );
+        let dev = Net::new(
+            tap,
+            NetDeviceConfig {
+                mac,
+                offload: net.offload,
+            },
+        )
+        .map_err(setup_err(format!("network interface `{}`", net.id)))?;
+        let dev = Arc::new(Mutex::new(dev));
+        let sub = Arc::new(Mutex::new(NetSubscriber(dev.clone())));
+        mmio_devices.push(attach_with(vm_fd, mem, &mut alloc, mmio, events, dev, sub)?);
+    }
+    if let Some(vsock) = &config.vsock {
+        let dev = Vsock::new(u64::from(vsock.guest_cid), &vsock.uds_path)?;
+        log::info!(
+            "vsock: guest CID {}, host socket {}",
+            vsock.guest_cid,
+            vsock.uds_path.display()
+        );
+        let dev = Arc::new(Mutex::new(dev));
+        let sub = Arc::new(Mutex::new(VsockSubscriber(dev.clone())));
+        mmio_devices.push(attach_with(vm_fd, mem, &mut alloc, mmio, events, dev, sub)?);
     }
     let discovery = config.boot.device_discovery.resolve(user_cmdline);
     if discovery == DeviceDiscovery::Cmdline {

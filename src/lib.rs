@@ -23,7 +23,8 @@ mod vm;
 
 pub use builder::{build, BuildError, MAX_VCPUS};
 pub use config::{
-    BootConfig, DeviceDiscovery, DriveConfig, EntropyConfig, MachineConfig, SerialConfig, VmConfig,
+    BootConfig, DeviceDiscovery, DriveConfig, EntropyConfig, MacAddr, MachineConfig, NetConfig,
+    SerialConfig, VmConfig, VsockConfig,
 };
 pub use devices::DeviceError;
 pub use exit::ExitReason;

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::linux::{ember_run, guest, microvm_kernel, tail};
+use common::linux::{b64, ember_run, guest, md5, microvm_kernel, pattern, tail};
 use common::{root, scratch, text};
 
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
@@ -28,46 +28,6 @@ echo "RNG-BYTES $(dd if=/dev/hwrng bs=64 count=4 2>/dev/null | wc -c)"
 echo "MMIO-ON-CMDLINE $(tr ' ' '\n' </proc/cmdline | grep -c '^virtio_mmio.device=')"
 echo "RNG-DISTINCT $(dd if=/dev/hwrng bs=16 count=8 2>/dev/null | od -An -tx1 -w16 | sort -u | wc -l)"
 "#;
-
-fn b64(script: &str) -> String {
-    let out = Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("run base64");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn md5(path: &Path) -> String {
-    let out = Command::new("md5sum")
-        .arg(path)
-        .output()
-        .expect("run md5sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// Deterministic pseudo-random bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 struct Disks {
     data: PathBuf,

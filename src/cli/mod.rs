@@ -10,6 +10,10 @@ use ember::{ExitReason, SerialConfig, VmConfig};
 
 use crate::{logger, terminal};
 
+mod specs;
+
+use specs::{parse_disk, parse_net, parse_vsock};
+
 /// Exit status when the guest rebooted or powered off.
 const EXIT_OK: u8 = 0;
 /// Exit status for bad input or a VM that could not be built.
@@ -59,6 +63,13 @@ struct RunArgs {
     /// Add an entropy device (virtio-rng, the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
+    /// Network interface on an existing tap device: tap=NAME[,mac=MAC][,id=NAME][,offload=off].
+    /// Repeatable; added after the config file's interfaces.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<ember::NetConfig>,
+    /// vsock device: cid=N,socket=PATH (Firecracker's Unix-socket protocol at PATH).
+    #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
+    vsock: Option<ember::VsockConfig>,
     /// How the guest finds virtio devices: auto (ACPI unless the command line has acpi=off),
     /// acpi, or cmdline (virtio_mmio.device=).
     #[arg(long, value_name = "MODE", value_parser = parse_discovery)]
@@ -99,40 +110,6 @@ fn parse_discovery(s: &str) -> Result<ember::DeviceDiscovery, String> {
             "invalid --discovery `{s}`: expected auto, acpi or cmdline"
         )),
     }
-}
-
-fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(format!("invalid {key}=`{value}`: expected on or off")),
-    }
-}
-
-/// Parses `path=PATH[,readonly=on][,id=NAME][,root=on]`; the id is filled in later if absent.
-fn parse_disk(spec: &str) -> Result<ember::DriveConfig, String> {
-    let mut drive = ember::DriveConfig {
-        id: String::new(),
-        path: PathBuf::new(),
-        read_only: false,
-        root: false,
-    };
-    for part in spec.split(',') {
-        let (key, value) = part.split_once('=').ok_or_else(|| {
-            format!("invalid --disk `{spec}`: `{part}` is not KEY=VALUE (expected path=PATH[,readonly=on][,id=NAME][,root=on])")
-        })?;
-        match key {
-            "path" if !value.is_empty() => drive.path = value.into(),
-            "id" if !value.is_empty() => drive.id = value.into(),
-            "readonly" | "ro" => drive.read_only = parse_on_off(key, value)?,
-            "root" => drive.root = parse_on_off(key, value)?,
-            _ => return Err(format!("invalid --disk `{spec}`: unknown or empty `{key}`")),
-        }
-    }
-    if drive.path.as_os_str().is_empty() {
-        return Err(format!("invalid --disk `{spec}`: path=PATH is required"));
-    }
-    Ok(drive)
 }
 
 /// Turns flags (and the optional config file) into a VM configuration.
@@ -183,6 +160,19 @@ fn to_config(args: &RunArgs) -> Result<VmConfig, String> {
     }
     if args.rng {
         config.entropy = Some(ember::EntropyConfig {});
+    }
+    for net in &args.net {
+        let mut net = net.clone();
+        if net.id.is_empty() {
+            net.id = (0..)
+                .map(|i| format!("net{i}"))
+                .find(|id| config.nets.iter().all(|n| &n.id != id))
+                .unwrap_or_default();
+        }
+        config.nets.push(net);
+    }
+    if let Some(vsock) = &args.vsock {
+        config.vsock = Some(vsock.clone());
     }
     if let Some(discovery) = args.discovery {
         config.boot.device_discovery = discovery;
@@ -323,14 +313,29 @@ mod tests {
         assert!(c.drives[1].read_only && c.drives[1].root);
         assert!(c.entropy.is_some());
         assert_eq!(c.boot.device_discovery, ember::DeviceDiscovery::Cmdline);
-        for bad in [
-            "readonly=on",
-            "path=/a,readonly=maybe",
-            "path=/a,size=1",
-            "path=/a,junk",
-        ] {
-            assert!(parse_disk(bad).is_err(), "{bad}");
-        }
+    }
+
+    #[test]
+    fn nets_and_vsock() {
+        let c = to_config(&args(&[
+            "--kernel",
+            "k",
+            "--net",
+            "tap=tap0",
+            "--net",
+            "tap=tap1,mac=02:00:00:00:00:07,id=uplink,offload=off",
+            "--net",
+            "tap=tap2",
+            "--vsock",
+            "cid=3,socket=/run/v.sock",
+        ]))
+        .unwrap();
+        let ids: Vec<_> = c.nets.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["net0", "uplink", "net1"]);
+        assert_eq!(c.nets[1].mac.unwrap().to_string(), "02:00:00:00:00:07");
+        assert!(c.nets[0].offload && !c.nets[1].offload);
+        let v = c.vsock.unwrap();
+        assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/run/v.sock")));
     }
 
     #[test]

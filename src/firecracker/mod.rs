@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{BootConfig, DriveConfig, EntropyConfig, MachineConfig, VmConfig};
+mod devices;
+
+use crate::config::{BootConfig, MachineConfig, VmConfig};
 
 /// Errors from reading a config file.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +46,6 @@ pub enum ConfigFileError {
 /// Sections of the Firecracker schema that Ember does not implement yet. An absent, `null` or
 /// empty-list section asks for nothing and is accepted.
 const NOT_YET: &[&str] = &[
-    "network-interfaces",
-    "vsock",
     "balloon",
     "logger",
     "metrics",
@@ -81,70 +81,6 @@ struct FcMachineConfig {
     cpu_template: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FcDrive {
-    drive_id: String,
-    path_on_host: PathBuf,
-    is_root_device: bool,
-    #[serde(default)]
-    is_read_only: Option<bool>,
-    #[serde(default)]
-    partuuid: Option<String>,
-    #[serde(default)]
-    cache_type: Option<String>,
-    #[serde(default)]
-    io_engine: Option<String>,
-    #[serde(default)]
-    rate_limiter: Option<Value>,
-    #[serde(default)]
-    socket: Option<String>,
-}
-
-impl FcDrive {
-    /// Ember's drive, or the first setting it cannot honour.
-    fn into_drive(self) -> Result<DriveConfig, ConfigFileError> {
-        let unsupported = |what: &str| {
-            Err(ConfigFileError::UnsupportedSetting(format!(
-                "drives.{what}"
-            )))
-        };
-        if self.partuuid.is_some() {
-            return unsupported("partuuid");
-        }
-        if self.io_engine.as_deref().is_some_and(|e| e != "Sync") {
-            return unsupported("io_engine");
-        }
-        // Flushes always reach the host disk; "Unsafe" only allowed Firecracker to skip them.
-        if self
-            .cache_type
-            .as_deref()
-            .is_some_and(|c| c != "Unsafe" && c != "Writeback")
-        {
-            return unsupported("cache_type");
-        }
-        if self.rate_limiter.is_some_and(|r| !r.is_null()) {
-            return unsupported("rate_limiter");
-        }
-        if self.socket.is_some() {
-            return unsupported("socket");
-        }
-        Ok(DriveConfig {
-            id: self.drive_id,
-            path: self.path_on_host,
-            read_only: self.is_read_only.unwrap_or(false),
-            root: self.is_root_device,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FcEntropy {
-    #[serde(default)]
-    rate_limiter: Option<Value>,
-}
-
 /// Parses a Firecracker-schema config from `text`; `path` is only used in messages.
 pub fn parse(text: &str, path: &Path) -> Result<VmConfig, ConfigFileError> {
     let malformed = |e: serde_json::Error| ConfigFileError::Malformed {
@@ -154,7 +90,8 @@ pub fn parse(text: &str, path: &Path) -> Result<VmConfig, ConfigFileError> {
     let root: Map<String, Value> = serde_json::from_str(text).map_err(malformed)?;
     for (key, value) in &root {
         match key.as_str() {
-            "boot-source" | "machine-config" | "drives" | "entropy" => {}
+            "boot-source" | "machine-config" | "drives" | "entropy" | "network-interfaces"
+            | "vsock" => {}
             k if NOT_YET.contains(&k) => {
                 let empty = value.is_null() || value.as_array().is_some_and(|a| a.is_empty());
                 if !empty {
@@ -207,30 +144,11 @@ pub fn parse(text: &str, path: &Path) -> Result<VmConfig, ConfigFileError> {
             smt: m.smt,
         };
     }
-    let drives = section("drives")?;
-    if !drives.is_null() {
-        let drives: Vec<FcDrive> =
-            serde_json::from_value(drives).map_err(|e| in_section(path, "drives", e))?;
-        config.drives = drives
-            .into_iter()
-            .map(FcDrive::into_drive)
-            .collect::<Result<_, _>>()?;
-    }
-    let entropy = section("entropy")?;
-    if !entropy.is_null() {
-        let e: FcEntropy =
-            serde_json::from_value(entropy).map_err(|e| in_section(path, "entropy", e))?;
-        if e.rate_limiter.is_some_and(|r| !r.is_null()) {
-            return Err(ConfigFileError::UnsupportedSetting(
-                "entropy.rate_limiter".into(),
-            ));
-        }
-        config.entropy = Some(EntropyConfig {});
-    }
+    devices::parse(&section, path, &mut config)?;
     Ok(config)
 }
 
-fn in_section(path: &Path, section: &str, e: serde_json::Error) -> ConfigFileError {
+pub(crate) fn in_section(path: &Path, section: &str, e: serde_json::Error) -> ConfigFileError {
     ConfigFileError::Malformed {
         path: path.to_path_buf(),
         msg: format!("in `{section}`: {e}"),
@@ -269,47 +187,12 @@ mod tests {
     }
 
     #[test]
-    fn drives_and_entropy() {
-        let c = p(r#"{"boot-source": {"kernel_image_path": "k"},
-            "drives": [
-                {"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false, "cache_type": "Unsafe", "rate_limiter": null},
-                {"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false, "is_read_only": true}
-            ],
-            "entropy": {"rate_limiter": null}}"#)
-        .unwrap();
-        assert_eq!(c.drives.len(), 2);
-        assert_eq!(
-            c.drives[0],
-            DriveConfig {
-                id: "rootfs".into(),
-                path: "/r.ext4".into(),
-                read_only: false,
-                root: true
-            }
-        );
-        assert!(c.drives[1].read_only && !c.drives[1].root);
-        assert_eq!(c.entropy, Some(EntropyConfig {}));
-        for (bad, what) in [
-            (r#""partuuid": "0eaa91a0-01""#, "drives.partuuid"),
-            (r#""io_engine": "Async""#, "drives.io_engine"),
-            (r#""socket": "/vhost.sock""#, "drives.socket"),
-        ] {
-            let text = format!(
-                r#"{{"boot-source": {{"kernel_image_path": "k"}}, "drives": [{{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, {bad}}}]}}"#
-            );
-            assert!(p(&text).unwrap_err().to_string().contains(what), "{what}");
-        }
-        let missing =
-            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [{"drive_id": "root"}]}"#;
-        assert!(p(missing).unwrap_err().to_string().contains("in `drives`"));
-    }
-
-    #[test]
     fn unsupported_and_unknown_sections_are_named() {
-        let vsock = r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3, "uds_path": "/v"}}"#;
+        let balloon =
+            r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {"amount_mib": 3}}"#;
         assert_eq!(
-            p(vsock).unwrap_err().to_string(),
-            "config file section `vsock` is not supported by this version of Ember"
+            p(balloon).unwrap_err().to_string(),
+            "config file section `balloon` is not supported by this version of Ember"
         );
         let unknown = r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1}"#;
         assert_eq!(
