@@ -68,9 +68,9 @@ printf 'interface %s\nstart 172.30.1.2\nend 172.30.1.2\noption subnet 255.255.25
 touch $D/leases
 busybox udhcpd -f $D/udhcpd.conf >$D/udhcpd.log 2>&1 &
 ip tuntap add dev $TB mode tap && ip addr add 172.30.2.1/24 dev $TB && ip link set $TB up || exit 90
-$ES -t 300 -n 1 listen tcp:172.30.1.1:7001 >$D/up &
-$ES -t 300 -n 1 listen tcp:172.30.1.1:7002 <$D/down &
-$ES -t 300 -e -n 1 listen tcp:172.30.2.1:7003 &
+$ES -t 900 -n 1 listen tcp:172.30.1.1:7001 </dev/null >$D/up &
+$ES -t 900 -n 1 listen tcp:172.30.1.1:7002 <$D/down &
+$ES -t 900 -e -n 1 listen tcp:172.30.2.1:7003 </dev/null &
 "$EMBER" run --kernel {kernel} --initrd {initrd} --cpus 2 --memory 256M \
     --net tap=$TA,mac=02:00:00:0e:00:01 --net tap=$TB,mac=02:00:00:0e:00:02,id=second \
     --cmdline '{BASE_CMDLINE} ember.script={script}'
@@ -117,11 +117,11 @@ dd if=/dev/urandom of=/tmp/up bs=64k count=64 2>/dev/null
 echo "UP-SUM $(md5sum </tmp/up | cut -d' ' -f1)"
 dd if=/dev/urandom of=/tmp/chunk bs=64k count=4 2>/dev/null
 C=$(md5sum </tmp/chunk | cut -d' ' -f1)
-($ES -t 300 -n 1 listen vsock:-1:6000 | md5sum | cut -d' ' -f1 >/tmp/down) &
-$ES -t 300 -f -e listen vsock:-1:6001 2>/dev/null &
+($ES -t 600 -n 1 listen vsock:-1:6000 </dev/null | md5sum | cut -d' ' -f1 >/tmp/down) &
+$ES -t 600 -f -e listen vsock:-1:6001 </dev/null 2>/dev/null &
 sleep 0.5
 echo GUEST-READY
-$ES -t 300 -n 1 -d listen vsock:-1:6999
+$ES -t 600 -n 1 -d listen vsock:-1:6999 </dev/null
 echo "DOWN-SUM $(cat /tmp/down)"
 $ES -t 120 connect vsock:2:5001 </tmp/up; echo "UP-RC $?"
 for i in $(seq 32); do ($ES -t 120 connect vsock:2:5000 </tmp/chunk | md5sum | cut -d' ' -f1 >/tmp/e$i) & done
@@ -145,16 +145,20 @@ mkdir -p $S
 cleanup() {{ kill $(jobs -p) 2>/dev/null; rm -rf $S; }}
 trap cleanup EXIT
 cat >{config} <<EOF
-{{"boot-source": {{"kernel_image_path": "{kernel}",
+{{"boot-source": {{"kernel_image_path": "{kernel}", "initrd_path": "{initrd}",
   "boot_args": "{BASE_CMDLINE} acpi=off ember.script={script}"}},
  "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256}},
  "vsock": {{"guest_cid": 3, "uds_path": "$U"}}}}
 EOF
-$ES -t 300 -n 1 listen unix:${{U}}_5001 >$D/up &
-$ES -t 300 -f -e listen unix:${{U}}_5000 &
+$ES -t 900 -n 1 listen unix:${{U}}_5001 </dev/null >$D/up &
+$ES -t 900 -f -e listen unix:${{U}}_5000 </dev/null &
 "$EMBER" run --config-file {config} --serial file:$D/console &
 VM=$!
-for i in $(seq 1200); do grep -q GUEST-READY $D/console 2>/dev/null && break; sleep 0.5; done
+for i in $(seq 1200); do
+    grep -q GUEST-READY $D/console 2>/dev/null && break
+    kill -0 $VM 2>/dev/null || {{ echo "VM exited early"; cat $D/console; exit 1; }}
+    sleep 0.5
+done
 $ES -t 120 -F 6000 connect unix:$U <$D/down; echo "HOST-DOWN-RC $?"
 # A client that vanishes mid-transfer, while 32 others echo through the guest.
 $ES -t 120 -F 6001 -s 1000000000 -d connect unix:$U & KILLME=$!
@@ -173,6 +177,7 @@ echo "HOST-UP-SUM $(md5sum <$D/up | cut -d' ' -f1)"
         dir = dir.display(),
         config = config.display(),
         kernel = microvm_kernel(),
+        initrd = guest("initramfs.cpio.gz"),
         script = b64(VSOCK_GUEST),
     );
     let out = sh(&script);

@@ -214,8 +214,27 @@ fn stop_signal_set() -> libc::sigset_t {
     set
 }
 
+/// Raises the soft open-file limit to the hard one: each vsock connection holds a host
+/// socket, and the usual soft limit of 1024 is below what the devices allow.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for getrlimit, and a valid input for setrlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::debug!("cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn run(args: &RunArgs) -> Result<u8, String> {
     let config = to_config(args)?;
+    raise_fd_limit();
     // Block stop signals in this thread before any VM thread exists, so they all inherit the
     // mask and the signals are only ever taken by the waiter thread below.
     let set = stop_signal_set();

@@ -8,6 +8,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ember_virtio::warn_limited;
@@ -19,6 +20,10 @@ use crate::{FIRST_HOST_PORT, MAX_CONNECT_LINE, MAX_PENDING_ACCEPTS};
 
 /// Host clients accepted per listener wake-up.
 const ACCEPT_BATCH: usize = 16;
+/// How long the listener is not watched after `accept` failed for lack of resources (file
+/// descriptors, memory): the client stays in the backlog and the listener stays readable, so
+/// watching it would spin the level-triggered event loop.
+pub(crate) const LISTENER_PAUSE: Duration = Duration::from_millis(100);
 
 /// An accepted host client that has not finished its `CONNECT` line.
 pub(crate) struct PendingHost {
@@ -35,6 +40,8 @@ pub(crate) enum Deadline {
     Line { fd: RawFd, id: u64 },
     /// The guest's answer to a host-initiated `OP_REQUEST`.
     Answer { key: ConnKey, id: u64 },
+    /// The end of a listener pause after a failed `accept`.
+    ListenerPause,
 }
 
 /// The guest port of a `CONNECT <port>` line (without its newline).
@@ -97,8 +104,20 @@ impl Muxer {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    warn_limited!(self.limiter, "virtio-vsock: accept failed: {e}");
+                    warn_limited!(
+                        self.limiter,
+                        "virtio-vsock: accept failed, pausing host connections: {e}"
+                    );
+                    self.pause_listener();
                     return;
                 }
             };
@@ -167,6 +186,18 @@ impl Muxer {
         self.queue_conn_ctrl(key, OP_REQUEST);
     }
 
+    /// Stops watching the listener for [`LISTENER_PAUSE`].
+    fn pause_listener(&mut self) {
+        if self.listener_paused {
+            return;
+        }
+        self.listener_paused = true;
+        let at = Instant::now() + LISTENER_PAUSE;
+        // Deadlines are kept in time order; this one is usually earlier than the others.
+        let pos = self.deadlines.partition_point(|&(t, _)| t <= at);
+        self.deadlines.insert(pos, (at, Deadline::ListenerPause));
+    }
+
     /// Closes a half-accepted host client.
     pub fn drop_pending(&mut self, fd: RawFd) {
         if let Some(p) = self.pending.remove(&fd) {
@@ -213,7 +244,12 @@ impl Muxer {
         path.push(format!("_{}", key.local_port));
         let stream = match connect_nonblocking(&path) {
             Ok(stream) => stream,
-            Err(_) => {
+            Err(e) => {
+                log::debug!(
+                    "virtio-vsock: guest connection to host port {} refused: {}: {e}",
+                    key.local_port,
+                    Path::new(&path).display()
+                );
                 self.queue_ctrl(HOST_CID, key, crate::packet::OP_RST, 0);
                 return;
             }
@@ -241,6 +277,7 @@ impl Muxer {
             match what {
                 Deadline::Line { fd, id } => {
                     if self.pending.get(&fd).is_some_and(|p| p.id == id) {
+                        log::debug!("virtio-vsock: host client sent no CONNECT line in time");
                         self.drop_pending(fd);
                     }
                 }
@@ -250,9 +287,14 @@ impl Muxer {
                         .get(&key)
                         .is_some_and(|c| c.id == id && c.state == State::AwaitingResponse);
                     if late {
+                        log::debug!(
+                            "virtio-vsock: guest did not answer a connection to port {} in time",
+                            key.peer_port
+                        );
                         self.reset_conn(key);
                     }
                 }
+                Deadline::ListenerPause => self.listener_paused = false,
             }
         }
     }

@@ -71,7 +71,9 @@ pub const MAX_PENDING_ACCEPTS: usize = 64;
 /// Control packets waiting for RX buffers.
 pub const MAX_CTRL: usize = 4 * MAX_CONNECTIONS;
 /// Time a host client has to send its `CONNECT` line, and the guest to answer the request.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Generous (Firecracker allows 2 s for the answer): on a loaded host the VMM thread or the
+/// guest can be descheduled for seconds, and a slot held longer costs only a socket.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `CONNECT` line, newline excluded.
 pub const MAX_CONNECT_LINE: usize = 32;
 /// First host port handed to host-initiated connections.

@@ -20,7 +20,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::conn::{ConnKey, Connection, Fault, Interest, State};
 use crate::host::{Deadline, PendingHost};
 use crate::packet::*;
-use crate::{CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CTRL};
+use crate::{CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS};
 
 /// A change to the epoll set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,9 @@ pub(crate) struct Ctrl {
     pub key: ConnKey,
     pub op: u16,
     pub flags: u32,
+    /// The connection the packet belongs to (0: none); a packet queued for an earlier
+    /// connection between the same ports is stale and never sent.
+    pub conn_id: u64,
 }
 
 /// All connection state of one device.
@@ -71,6 +74,8 @@ pub(crate) struct Muxer {
     pub listener: UnixListener,
     pub listener_token: u32,
     pub listener_reg: Option<Interest>,
+    /// `accept` failed for lack of resources: the listener is not watched for a while.
+    pub listener_paused: bool,
     pub conns: HashMap<ConnKey, Connection>,
     pub by_fd: HashMap<RawFd, ConnKey>,
     /// Host ports handed out to host-initiated connections.
@@ -105,6 +110,7 @@ impl Muxer {
             listener,
             listener_token,
             listener_reg: None,
+            listener_paused: false,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             allocated: HashSet::new(),
@@ -136,6 +142,7 @@ impl Muxer {
         self.ctrl.clear();
         self.rx_ready.clear();
         self.deadlines.clear();
+        self.listener_paused = false;
     }
 
     pub fn fresh_id(&mut self) -> u64 {
@@ -145,22 +152,19 @@ impl Muxer {
 
     /// Queues a control packet; false if the queue is full.
     pub fn queue_ctrl(&mut self, src_cid: u64, key: ConnKey, op: u16, flags: u32) -> bool {
-        if self.ctrl.len() >= MAX_CTRL {
-            return false;
-        }
-        self.ctrl.push_back(Ctrl {
+        self.push_ctrl(Ctrl {
             src_cid,
             key,
             op,
             flags,
-        });
-        true
+            conn_id: 0,
+        })
     }
 
     /// Queues a control packet of an existing connection, resetting the connection (without
     /// telling the guest) when the queue is full.
     pub fn queue_conn_ctrl(&mut self, key: ConnKey, op: u16) {
-        if !self.queue_ctrl(HOST_CID, key, op, 0) {
+        if !self.push_ctrl(self.conn_ctrl(key, op)) {
             warn_limited!(
                 self.limiter,
                 "virtio-vsock: control queue full (the guest posts no RX buffers); dropping connection {}:{}",
@@ -184,8 +188,9 @@ impl Muxer {
 
     /// Closes a connection and sends the guest `OP_RST`.
     pub fn reset_conn(&mut self, key: ConnKey) {
+        let rst = self.conn_ctrl(key, OP_RST);
         self.remove_conn(key);
-        if !self.queue_ctrl(HOST_CID, key, OP_RST, 0) {
+        if !self.push_ctrl(rst) {
             warn_limited!(
                 self.limiter,
                 "virtio-vsock: control queue full, RST dropped"
@@ -339,7 +344,8 @@ impl Muxer {
             }
             drop(stream);
         }
-        let want = (self.pending.len() < crate::MAX_PENDING_ACCEPTS).then_some(Interest::READ);
+        let want = (!self.listener_paused && self.pending.len() < crate::MAX_PENDING_ACCEPTS)
+            .then_some(Interest::READ);
         let fd = self.listener.as_raw_fd();
         let token = self.listener_token;
         diff(fd, token, &mut self.listener_reg, want, apply);

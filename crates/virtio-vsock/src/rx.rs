@@ -4,11 +4,33 @@
 
 use virtio_vsock::packet::VsockPacket;
 
-use crate::conn::HostRead;
-use crate::muxer::Muxer;
+use crate::conn::{ConnKey, HostRead};
+use crate::muxer::{Ctrl, Muxer};
 use crate::packet::*;
+use crate::MAX_CTRL;
 
 impl Muxer {
+    /// Queues `ctrl`; false if the queue is full.
+    pub(crate) fn push_ctrl(&mut self, ctrl: Ctrl) -> bool {
+        if self.ctrl.len() >= MAX_CTRL {
+            return false;
+        }
+        self.ctrl.push_back(ctrl);
+        true
+    }
+
+    /// A control packet from the host for connection `key` (which may be gone already).
+    pub(crate) fn conn_ctrl(&self, key: ConnKey, op: u16) -> Ctrl {
+        let conn_id = self.conns.get(&key).map_or(0, |c| c.id);
+        Ctrl {
+            src_cid: HOST_CID,
+            key,
+            op,
+            flags: 0,
+            conn_id,
+        }
+    }
+
     /// Whether anything may be waiting for an RX buffer.
     pub fn has_rx_work(&self) -> bool {
         !self.ctrl.is_empty() || !self.rx_ready.is_empty()
@@ -29,6 +51,8 @@ impl Muxer {
                 ..Header::default()
             };
             match self.conns.get_mut(&c.key) {
+                // Queued for an earlier connection between the same ports.
+                Some(conn) if c.conn_id != 0 && conn.id != c.conn_id => continue,
                 Some(conn) => {
                     match c.op {
                         OP_CREDIT_UPDATE => conn.credit_update_queued = false,

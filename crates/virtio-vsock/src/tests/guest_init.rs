@@ -134,3 +134,25 @@ fn guest_shuts_down_receiving() {
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ok");
 }
+
+#[test]
+fn packets_of_a_closed_connection_do_not_reach_its_successor() {
+    // No RX buffers: control packets wait in the device.
+    let mut h = Harness::new(0);
+    let l = h.listen(52);
+    h.send(guest_hdr(OP_REQUEST, 1300, 52, 65536, 0), &[]);
+    let (_s1, _) = l.accept().unwrap();
+    // The device owes the first connection a credit update when the guest closes it and
+    // reconnects from the same port.
+    h.send(guest_hdr(OP_CREDIT_REQUEST, 1300, 52, 65536, 0), &[]);
+    h.send(guest_hdr(OP_RST, 1300, 52, 65536, 0), &[]);
+    h.send(guest_hdr(OP_REQUEST, 1300, 52, 65536, 0), &[]);
+    let (_s2, _) = l.accept().unwrap();
+    h.post_rx(16);
+    h.pump();
+    // A guest socket that is connecting treats anything but RESPONSE or RST as a protocol
+    // error: the first connection's leftovers (its RESPONSE and CREDIT_UPDATE) must not
+    // reach it.
+    let ops: Vec<u16> = h.inbox.iter().map(|p| p.hdr.op).collect();
+    assert_eq!(ops, [OP_RESPONSE], "{:?}", h.inbox);
+}

@@ -176,3 +176,66 @@ fn device_face() {
         ember_virtio::VIRTIO_F_VERSION_1 | ember_virtio::VIRTIO_RING_F_EVENT_IDX
     );
 }
+
+/// Set in the child process that runs `accept_failures_pause_the_listener` for real: it lowers
+/// the process's fd limit, which must not affect the other tests.
+const FD_LIMIT_CHILD: &str = "EMBER_VSOCK_TEST_FD_LIMIT_CHILD";
+
+#[test]
+fn accept_failures_pause_the_listener() {
+    if std::env::var_os(FD_LIMIT_CHILD).is_some() {
+        return accept_failures_child();
+    }
+    let name = "tests::robust::accept_failures_pause_the_listener";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(FD_LIMIT_CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn set_fd_limit(soft: libc::rlim_t) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// A host client waits in the listener's backlog while the VMM is out of file descriptors:
+/// the level-triggered loop must not spin on the listener, and accepting resumes later.
+fn accept_failures_child() {
+    let mut h = Harness::new(16);
+    h.pump();
+    let mut c = UnixStream::connect(&h.uds).unwrap();
+    c.write_all(b"CONNECT 5\n").unwrap();
+    // SAFETY: `dup` of stdin gives the lowest free fd number, closed right away.
+    let lowest_free = unsafe {
+        let fd = libc::dup(0);
+        assert!(fd >= 0);
+        libc::close(fd);
+        fd
+    };
+    set_fd_limit(lowest_free as libc::rlim_t);
+    let start = Instant::now();
+    let mut events = 0;
+    while start.elapsed() < Duration::from_millis(300) {
+        events += h.em.run_with_timeout(10).unwrap();
+    }
+    set_fd_limit(libc::rlim_t::MAX);
+    assert!(events < 100, "{events} event-loop wake-ups in 300 ms");
+    // Once descriptors are available again, the client gets through.
+    let req = h.expect("request", |p| p.hdr.op == OP_REQUEST);
+    assert_eq!(req.hdr.dst_port, 5);
+}
