@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{assert_rejected, ember, scratch, text, tiny};
+use common::{assert_rejected, ember, halted_vm, scratch, text, tiny};
 
 fn run(args: &[&str]) -> Output {
     ember()
@@ -98,14 +98,7 @@ fn unusable_taps_are_refused_with_one_line() {
         &format!("tap `{}` is used by both `net0` and `net1`", tap.0),
     );
     // A tap held by a running VM is busy for everyone else.
-    let mut first = ember()
-        .args(["run", "--kernel"])
-        .arg(tiny("halt-pvh"))
-        .args(["--net", &spec, "--serial", "none"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut first = halted_vm(&["--net", &spec]);
     assert_rejected(
         &run(&["--kernel", k, "--net", &spec]),
         &format!("tap device `{}` is busy", tap.0),
@@ -118,20 +111,8 @@ fn unusable_taps_are_refused_with_one_line() {
 fn vsock_socket_is_created_and_removed_and_bad_settings_are_refused() {
     let dir = scratch("vsock-input");
     let sock = dir.join("v.sock");
-    let kernel = tiny("halt-pvh");
     let spec = format!("cid=3,socket={}", sock.display());
-    let mut vm = ember()
-        .args(["run", "--kernel"])
-        .arg(&kernel)
-        .args(["--vsock", &spec, "--serial", "none"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut waited = 0;
-    while !sock.exists() && waited < 50 {
-        std::thread::sleep(Duration::from_millis(100));
-        waited += 1;
-    }
+    let mut vm = halted_vm(&["--vsock", &spec]);
     assert!(sock.exists(), "the VM did not create {}", sock.display());
     // The path is taken while the VM runs.
     let k = tiny("hello-pvh");

@@ -4,9 +4,8 @@
 mod common;
 
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
-use common::{assert_rejected, ember, scratch, text, tiny};
+use common::{assert_rejected, ember, halted_vm, scratch, text, tiny};
 
 fn run(args: &[&str]) -> Output {
     ember()
@@ -90,15 +89,7 @@ fn a_disk_in_use_by_another_vm_is_refused() {
     let dir = scratch("disk-lock");
     let img = image(&dir, "shared.img", 1 << 20);
     let disk = format!("path={img}");
-    let mut first = ember()
-        .args(["run", "--kernel"])
-        .arg(tiny("halt-pvh"))
-        .args(["--disk", &disk, "--serial", "none"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The first VM holds the lock from startup; give it a moment to get there.
-    std::thread::sleep(Duration::from_millis(500));
+    let mut first = halted_vm(&["--disk", &disk]);
     let kernel = tiny("hello-pvh");
     let k = kernel.to_str().unwrap();
     assert_rejected(
@@ -113,14 +104,7 @@ fn a_disk_in_use_by_another_vm_is_refused() {
     first.kill().unwrap();
     first.wait().unwrap();
     // Two read-only users may share an image.
-    let mut reader = ember()
-        .args(["run", "--kernel"])
-        .arg(tiny("halt-pvh"))
-        .args(["--disk", &ro, "--serial", "none"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut reader = halted_vm(&["--disk", &ro]);
     assert_eq!(run(&["--kernel", k, "--disk", &ro]).status.code(), Some(0));
     reader.kill().unwrap();
     reader.wait().unwrap();

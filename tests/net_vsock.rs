@@ -13,6 +13,17 @@ use common::{scratch, text};
 
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
 
+/// What the guest printed after `prefix` (the checksum of data it made up itself).
+fn printed(out: &Output, prefix: &str) -> String {
+    let (stdout, _) = text(out);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or("(none)")
+        .trim()
+        .to_string()
+}
+
 /// Asserts that `out`'s stdout has every line of `lines` and that the script succeeded.
 fn expect_lines(out: &Output, lines: &[String]) {
     let (stdout, stderr) = text(out);
@@ -83,13 +94,7 @@ echo "HOST-UP-SUM $(md5sum <$D/up | cut -d' ' -f1)"
         script = b64(NET_GUEST),
     );
     let out = sh(&script);
-    let (stdout, _) = text(&out);
-    let up = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("UP-SUM "))
-        .unwrap_or("(none)")
-        .trim()
-        .to_string();
+    let up = printed(&out, "UP-SUM ");
     expect_lines(
         &out,
         &[
@@ -181,13 +186,7 @@ echo "HOST-UP-SUM $(md5sum <$D/up | cut -d' ' -f1)"
         script = b64(VSOCK_GUEST),
     );
     let out = sh(&script);
-    let (stdout, _) = text(&out);
-    let up = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("UP-SUM "))
-        .unwrap_or("(none)")
-        .trim()
-        .to_string();
+    let up = printed(&out, "UP-SUM ");
     expect_lines(
         &out,
         &[

@@ -32,6 +32,21 @@ pub fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))
 }
 
+/// A VM running the `halt-pvh` tiny guest (it idles until killed) with `args` added, given
+/// half a second to set its devices up; for tests about resources a running VM holds.
+pub fn halted_vm(args: &[&str]) -> std::process::Child {
+    let child = ember()
+        .args(["run", "--kernel"])
+        .arg(tiny("halt-pvh"))
+        .args(args)
+        .args(["--serial", "none"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ember-test-{}-{test}", std::process::id()));

@@ -78,6 +78,16 @@ pub struct Net<B: Backend = Tap> {
     limiter: LogLimiter,
 }
 
+/// The checksum and segmentation offloads offered when [`NetConfig::offload`] is set.
+pub const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6
+    | 1 << VIRTIO_NET_F_HOST_ECN
+    | 1 << VIRTIO_NET_F_GUEST_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO6
+    | 1 << VIRTIO_NET_F_GUEST_ECN;
+
 impl Net<Tap> {
     /// A device on `tap`.
     pub fn new(tap: Tap, config: NetConfig) -> std::io::Result<Self> {
@@ -95,18 +105,7 @@ impl<B: Backend> Net<B> {
             | bit(VIRTIO_NET_F_STATUS)
             | bit(VIRTIO_NET_F_MRG_RXBUF);
         if config.offload {
-            features |= [
-                VIRTIO_NET_F_CSUM,
-                VIRTIO_NET_F_HOST_TSO4,
-                VIRTIO_NET_F_HOST_TSO6,
-                VIRTIO_NET_F_HOST_ECN,
-                VIRTIO_NET_F_GUEST_CSUM,
-                VIRTIO_NET_F_GUEST_TSO4,
-                VIRTIO_NET_F_GUEST_TSO6,
-                VIRTIO_NET_F_GUEST_ECN,
-            ]
-            .into_iter()
-            .fold(0, |acc, b| acc | bit(b));
+            features |= OFFLOAD_FEATURES;
         }
         let mut cfg = [0u8; CONFIG_LEN];
         cfg[0..6].copy_from_slice(&config.mac);

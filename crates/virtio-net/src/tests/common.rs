@@ -205,17 +205,5 @@ impl<'a> Ring<'a> {
 
 /// Every offload feature bit the device offers.
 pub fn offload_features() -> u64 {
-    use virtio_bindings::virtio_net::*;
-    [
-        VIRTIO_NET_F_CSUM,
-        VIRTIO_NET_F_HOST_TSO4,
-        VIRTIO_NET_F_HOST_TSO6,
-        VIRTIO_NET_F_HOST_ECN,
-        VIRTIO_NET_F_GUEST_CSUM,
-        VIRTIO_NET_F_GUEST_TSO4,
-        VIRTIO_NET_F_GUEST_TSO6,
-        VIRTIO_NET_F_GUEST_ECN,
-    ]
-    .into_iter()
-    .fold(0, |acc, b| acc | 1 << b)
+    crate::device::OFFLOAD_FEATURES
 }
