@@ -70,14 +70,14 @@ fn two_nics_ping_and_move_data_both_ways() {
         r#"
 set -u
 D={dir} ES=$PWD/build/guest/ember-stream
-TA=embA$$ TB=embB$$
-cleanup() {{ kill $(jobs -p) 2>/dev/null; ip link del $TA; ip link del $TB; }}
+TA=embA$$ TB=embB$$ DHCPD=
+cleanup() {{ kill $DHCPD $(jobs -p) 2>/dev/null; ip link del $TA; ip link del $TB; }}
 trap cleanup EXIT
 ip tuntap add dev $TA mode tap && ip addr add 172.30.1.1/24 dev $TA && ip link set $TA up || exit 90
 printf 'interface %s\nstart 172.30.1.2\nend 172.30.1.2\noption subnet 255.255.255.0\nlease_file %s\npidfile %s\n' \
     $TA $D/leases $D/udhcpd.pid >$D/udhcpd.conf
 touch $D/leases
-busybox udhcpd -f $D/udhcpd.conf >$D/udhcpd.log 2>&1 &
+busybox udhcpd -f $D/udhcpd.conf >$D/udhcpd.log 2>&1 & DHCPD=$!
 ip tuntap add dev $TB mode tap && ip addr add 172.30.2.1/24 dev $TB && ip link set $TB up || exit 90
 $ES -t 900 -n 1 listen tcp:172.30.1.1:7001 </dev/null >$D/up &
 $ES -t 900 -n 1 listen tcp:172.30.1.1:7002 <$D/down &
@@ -129,8 +129,10 @@ echo GUEST-READY
 $ES -t 600 -n 1 -d listen vsock:-1:6999 </dev/null
 echo "DOWN-SUM $(cat /tmp/down)"
 $ES -t 120 connect vsock:2:5001 </tmp/up; echo "UP-RC $?"
-for i in $(seq 32); do ($ES -t 120 connect vsock:2:5000 </tmp/chunk | md5sum | cut -d' ' -f1 >/tmp/e$i) & done
-wait
+# Wait for these 32 only: the listeners above are background jobs too.
+P=
+for i in $(seq 32); do ($ES -t 120 connect vsock:2:5000 </tmp/chunk | md5sum | cut -d' ' -f1 >/tmp/e$i) & P="$P $!"; done
+wait $P
 echo "GUEST-ECHO-OK $(cat /tmp/e* | grep -c $C)"
 "#;
 

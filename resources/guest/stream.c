@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -291,6 +292,12 @@ int main(int argc, char **argv)
     if (s < 0)
         die("socket");
     if (!listening) {
+        if (ss.ss_family == AF_VSOCK) {
+            /* Linux gives a vsock connect 2 s by default; a loaded (or nested) host can take
+             * longer to answer. SO_VM_SOCKETS_CONNECT_TIMEOUT_OLD takes a struct timeval. */
+            struct timeval tv = {.tv_sec = 30};
+            setsockopt(s, AF_VSOCK, 6, &tv, sizeof tv);
+        }
         if (connect(s, (struct sockaddr *)&ss, len) < 0)
             die("connect");
         if (opt_fc_port >= 0)

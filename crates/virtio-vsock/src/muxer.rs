@@ -232,6 +232,16 @@ impl Muxer {
 
     /// Handles one packet from the TX queue; `hdr.src_cid` has been checked.
     pub fn on_guest_packet(&mut self, hdr: &Header, data: Option<&VolatileSlice<'_>>) {
+        log::trace!(
+            "virtio-vsock: guest op {} {}->{} len {} flags {} buf_alloc {} fwd_cnt {}",
+            hdr.op,
+            hdr.src_port,
+            hdr.dst_port,
+            hdr.len,
+            hdr.flags,
+            hdr.buf_alloc,
+            hdr.fwd_cnt
+        );
         if hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
             if hdr.op != OP_RST {
                 self.refuse(hdr);

@@ -66,6 +66,14 @@ impl Muxer {
                 None if c.op != OP_RST => continue,
                 None => {}
             }
+            log::trace!(
+                "virtio-vsock: host op {} {}->{} flags {} fwd_cnt {}",
+                hdr.op,
+                hdr.src_port,
+                hdr.dst_port,
+                hdr.flags,
+                hdr.fwd_cnt
+            );
             pkt.set_header_from_raw(&hdr.to_bytes()).ok()?;
             return Some(HEADER_LEN);
         }
