@@ -2,18 +2,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{assert_rejected, ember, scratch, tiny};
-
-fn run(args: &[&str]) -> std::process::Output {
-    ember()
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use common::{assert_rejected, run_ember as run, scratch, tiny};
 
 #[test]
 fn missing_unreadable_and_corrupt_kernels() {
@@ -138,12 +127,29 @@ fn malformed_config_files() {
             "in `drives`: missing field `path_on_host`",
         ),
         (
-            "vsock.json",
+            "balloon.json",
             format!(
-                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/v.sock"}}}}"#,
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "balloon": {{"amount_mib": 8}}}}"#,
                 k.display()
             ),
-            "section `vsock` is not supported",
+            "section `balloon` is not supported",
+        ),
+        (
+            "vsock.json",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 1, "uds_path": "{}"}}}}"#,
+                k.display(),
+                dir.join("v.sock").display()
+            ),
+            "vsock guest CID 1 is invalid",
+        ),
+        (
+            "net.json",
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "embnosuchtap"}}]}}"#,
+                k.display()
+            ),
+            "network interface `eth0`: tap device `embnosuchtap` does not exist",
         ),
         (
             "typo.json",

@@ -4,19 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_rejected, ember, halted_vm, scratch, text, tiny};
-
-fn run(args: &[&str]) -> Output {
-    ember()
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use common::{assert_rejected, halted_vm, run_ember as run, scratch, text, tiny};
 
 /// A tap device for one test, deleted on drop. `None` (and a note) when this host cannot
 /// create taps (no CAP_NET_ADMIN): the tests that need one then check nothing.

@@ -3,18 +3,9 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use common::{assert_rejected, ember, halted_vm, scratch, text, tiny};
-
-fn run(args: &[&str]) -> Output {
-    ember()
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use common::{assert_rejected, halted_vm, run_ember as run, scratch, text, tiny};
 
 /// The command line a tiny guest saw.
 fn guest_cmdline(out: &Output) -> String {

@@ -32,6 +32,16 @@ pub fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))
 }
 
+/// Runs `ember run ARGS` to completion with no console input.
+pub fn run_ember(args: &[&str]) -> std::process::Output {
+    ember()
+        .arg("run")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// A VM running the `halt-pvh` tiny guest (it idles until killed) with `args` added, given
 /// half a second to set its devices up; for tests about resources a running VM holds.
 pub fn halted_vm(args: &[&str]) -> std::process::Child {
