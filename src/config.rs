@@ -37,6 +37,9 @@ pub struct VmConfig {
     /// A virtio-vsock device when present.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// The boot timer port (0x3f0): a guest write of 123 there is logged with its time.
+    #[serde(default)]
+    pub boot_timer: bool,
 }
 
 /// A virtio-net interface on an existing tap device.
@@ -232,6 +235,7 @@ impl VmConfig {
             entropy: None,
             nets: Vec::new(),
             vsock: None,
+            boot_timer: false,
         }
     }
 }

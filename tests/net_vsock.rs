@@ -84,7 +84,8 @@ $ES -t 900 -n 1 listen tcp:172.30.1.1:7002 <$D/down &
 $ES -t 900 -e -n 1 listen tcp:172.30.2.1:7003 </dev/null &
 "$EMBER" run --kernel {kernel} --initrd {initrd} --cpus 2 --memory 256M \
     --net tap=$TA,mac=02:00:00:0e:00:01 --net tap=$TB,mac=02:00:00:0e:00:02,id=second \
-    --cmdline '{BASE_CMDLINE} ember.script={script}'
+    --boot-timer --log-level info \
+    --cmdline '{BASE_CMDLINE} ember.boottimer ember.script={script}'
 echo "EMBER-RC $?"
 echo "HOST-UP-SUM $(md5sum <$D/up | cut -d' ' -f1)"
 "#,
@@ -95,6 +96,13 @@ echo "HOST-UP-SUM $(md5sum <$D/up | cut -d' ' -f1)"
     );
     let out = sh(&script);
     let up = printed(&out, "UP-SUM ");
+    // The guest's /init signalled the boot timer (resources/guest/mark.c).
+    let stderr = text(&out).1;
+    assert!(
+        stderr.contains("boot timer: guest signalled at t="),
+        "{}",
+        tail(&stderr)
+    );
     expect_lines(
         &out,
         &[

@@ -8,7 +8,8 @@
 #   initramfs.cpio.gz  busybox initramfs running resources/guest/init, with the
 #                      kernel modules in GUEST_MODULES (and their dependencies)
 #                      and /bin/blkbench (resources/guest/blkbench.c) and
-#                      /bin/ember-stream (resources/guest/stream.c)
+#                      /bin/ember-stream (resources/guest/stream.c) and
+#                      /bin/ember-mark (resources/guest/mark.c, boot timer)
 #   ember-stream       the same static stream tool, for the host side of tests
 # Idempotent: finished steps are skipped. EMBER_REFRESH_KERNEL=1 re-resolves
 # the kernel package version through apt.
@@ -144,7 +145,7 @@ stage_modules() {
 }
 
 INIT=$HERE/init
-stamp=$(ember_fingerprint "$INIT" "$HERE/ember-wait" "$HERE/blkbench.c" "$HERE/stream.c" "$HERE/lib.sh" \
+stamp=$(ember_fingerprint "$INIT" "$HERE/ember-wait" "$HERE/blkbench.c" "$HERE/stream.c" "$HERE/mark.c" "$HERE/lib.sh" \
     /bin/busybox "$HERE/build.sh" "$KVER" "modules: ${GUEST_MODULES[*]}" initramfs-v2)
 if [[ ! -x $OUT/ember-stream || $HERE/stream.c -nt $OUT/ember-stream ]]; then
     gcc -O2 -static -s -Wall -o "$OUT/ember-stream.tmp" "$HERE/stream.c" ||
@@ -161,6 +162,8 @@ if [[ ! -f $OUT/initramfs.cpio.gz || ! -f $OUT/initramfs.stamp || $(<"$OUT/initr
     gcc -O2 -static -s -Wall -o "$stage/bin/blkbench" "$HERE/blkbench.c" ||
         ember_die "cannot build $HERE/blkbench.c"
     cp "$OUT/ember-stream" "$stage/bin/ember-stream"
+    gcc -O2 -static -nostdlib -s -Wall -o "$stage/bin/ember-mark" "$HERE/mark.c" ||
+        ember_die "cannot build $HERE/mark.c"
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
         cpio -o -H newc --owner=0:0 --reproducible --quiet) | gzip -9 -n >"$OUT/initramfs.cpio.gz.tmp"
     mv "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"

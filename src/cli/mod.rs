@@ -70,6 +70,10 @@ struct RunArgs {
     /// vsock device: cid=N,socket=PATH (Firecracker's Unix-socket protocol at PATH).
     #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
     vsock: Option<ember::VsockConfig>,
+    /// Log (at info level) when the guest writes 123 to I/O port 0x3f0, for boot-time
+    /// measurements.
+    #[arg(long)]
+    boot_timer: bool,
     /// How the guest finds virtio devices: auto (ACPI unless the command line has acpi=off),
     /// acpi, or cmdline (virtio_mmio.device=).
     #[arg(long, value_name = "MODE", value_parser = parse_discovery)]
@@ -174,6 +178,7 @@ fn to_config(args: &RunArgs) -> Result<VmConfig, String> {
     if let Some(vsock) = &args.vsock {
         config.vsock = Some(vsock.clone());
     }
+    config.boot_timer |= args.boot_timer;
     if let Some(discovery) = args.discovery {
         config.boot.device_discovery = discovery;
     }

@@ -3,6 +3,7 @@
 //! address-range bus that routes vCPU port I/O and MMIO exits to devices.
 
 pub mod acpi_pm;
+pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
 pub mod serial;
