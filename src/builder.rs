@@ -14,10 +14,11 @@ use ember_arch::memory::{create_guest_memory, MemoryError};
 use ember_arch::mptable::{setup_mptable, MptableError};
 use ember_arch::regs::{self, RegsError};
 use ember_devices::acpi_pm::{AcpiPm, ACPI_PM_LEN};
+use ember_devices::boot_timer::{BootTimer, BOOT_TIMER_PORT};
 use ember_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use ember_devices::serial::{SerialInput, SerialPort, COM1_BASE, COM1_LEN};
 use ember_devices::{Bus, BusError};
-use ember_vcpu::{register_kick_signal, RunControl, Vcpu};
+use ember_vcpu::{milestone, register_kick_signal, RunControl, Vcpu};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -153,6 +154,8 @@ fn host_ram_mib() -> u64 {
 
 /// Builds a VM from `config`. Nothing runs until [`Vm::start`].
 pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
+    let build_start = ember_vcpu::monotonic_ns();
+    milestone("build: start");
     let machine = &config.machine;
     let kvm = Kvm::new().map_err(BuildError::KvmUnavailable)?;
     for (cap, name) in [
@@ -180,9 +183,11 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             host,
         });
     }
+    milestone("build: /dev/kvm opened, capabilities checked");
     let supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("read supported CPUID"))?;
+    milestone("build: supported CPUID read");
     let phys_bits = cpuid::phys_bits(&supported_cpuid).min(MAX_GUEST_PHYS.trailing_zeros() as u8);
     let mem_bytes = machine
         .mem_size_mib
@@ -200,8 +205,10 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         .transpose()?;
 
     let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+    milestone("build: VM created");
     let memory = create_guest_memory(mem_bytes, phys_bits)?;
     register_memory(&vm_fd, &memory)?;
+    milestone("build: guest memory mapped and registered");
     vm_fd
         .set_tss_address(0xfffb_d000)
         .map_err(kvm_err("set the TSS address"))?;
@@ -213,12 +220,18 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         ..Default::default()
     };
     vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+    milestone("build: irqchip and PIT created");
 
     let latch = Arc::new(ExitLatch::default());
     let (mut pio, mut events) = setup_platform_devices(latch.clone())?;
     setup_serial(&vm_fd, &config.serial, &mut pio, &mut events)?;
+    if config.boot_timer {
+        let timer = BootTimer::new(build_start, ember_vcpu::monotonic_ns);
+        pio.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_PORT, 1)?;
+    }
     let mut mmio = Bus::new();
     let devices = setup_virtio_devices(&vm_fd, &memory, config, &mut mmio, &mut events)?;
+    milestone("build: devices set up");
 
     let rsdp = create_acpi_tables(
         &memory,
@@ -232,6 +245,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         },
     )?;
     setup_mptable(&memory, machine.vcpus)?;
+    milestone("build: ACPI and MP tables written");
     let kernel = boot::load_kernel(&memory, &mut kernel_file).map_err(|err| BuildError::Boot {
         path: config.boot.kernel.clone(),
         err,
@@ -262,6 +276,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         rsdp,
     };
     boot::write_boot_info(&memory, &kernel, &info).map_err(BuildError::BootInfo)?;
+    milestone("build: kernel, initrd and boot information loaded");
 
     register_kick_signal().map_err(device_err("vCPU kick signal"))?;
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
@@ -284,6 +299,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         }
         vcpus.push(Vcpu::new(usize::from(index), fd, pio.clone(), mmio.clone()));
     }
+    milestone("build: vCPUs created and configured");
     Ok(Vm {
         memory,
         _vm_fd: vm_fd,

@@ -82,6 +82,7 @@ impl ExitLatch {
     pub fn set(&self, reason: ExitReason) {
         let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         if r.is_none() {
+            ember_vcpu::milestone("exit: reason recorded");
             log::info!("{reason}");
             *r = Some(reason);
             self.set.notify_all();

@@ -33,5 +33,6 @@ pub fn init(level: log::LevelFilter) {
     let crlf = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
     if log::set_boxed_logger(Box::new(StderrLogger { crlf })).is_ok() {
         log::set_max_level(level);
+        ember_vcpu::milestone("logger ready (command line parsed)");
     }
 }

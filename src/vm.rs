@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ember_vcpu::{RunControl, RunState, Vcpu, VcpuHandle};
+use ember_vcpu::{milestone, RunControl, RunState, Vcpu, VcpuHandle};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
@@ -55,13 +55,17 @@ pub struct Vm {
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Vm {
-    /// Starts the event loop and all vCPU threads.
+    /// Starts all vCPU threads and the event loop.
+    ///
+    /// vCPUs go first, so the guest's first `KVM_RUN` does not wait for the event loop's
+    /// thread to be created: anything the guest signals before the loop runs (a reset, a
+    /// queue notification) stays pending in its eventfd until the loop reads it.
     pub fn start(&self) -> Result<(), VmError> {
         let vcpus = std::mem::take(&mut *lock(&self.pending));
         if vcpus.is_empty() {
             return Err(VmError::AlreadyStarted);
         }
-        lock(&self.events).start().map_err(VmError::Thread)?;
+        milestone("start: begin");
         let mut handles = lock(&self.handles);
         for vcpu in vcpus {
             let latch = self.latch.clone();
@@ -70,15 +74,30 @@ impl Vm {
             });
             match started {
                 Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    drop(handles);
-                    self.latch.set(ExitReason::Stopped);
-                    self.teardown();
-                    return Err(VmError::Thread(e));
-                }
+                Err(e) => return Err(self.abort_start(handles, e)),
             }
         }
+        milestone("start: vCPU threads spawned");
+        // (Not `if let Err(e) = lock(..).start()`: the guard would live through the branch,
+        // and teardown locks the event loop again.)
+        let started = lock(&self.events).start();
+        if let Err(e) = started {
+            return Err(self.abort_start(handles, e));
+        }
+        milestone("start: event loop thread spawned");
         Ok(())
+    }
+
+    /// Stops whatever `start` had started when it failed with `err`.
+    fn abort_start(
+        &self,
+        handles: std::sync::MutexGuard<'_, Vec<VcpuHandle>>,
+        err: std::io::Error,
+    ) -> VmError {
+        drop(handles);
+        self.latch.set(ExitReason::Stopped);
+        self.teardown();
+        VmError::Thread(err)
     }
 
     /// The current lifecycle state.
@@ -128,7 +147,9 @@ impl Vm {
     /// Blocks until the VM ends, then releases its threads.
     pub fn wait(&self) -> ExitReason {
         let reason = self.latch.wait(None).unwrap_or(ExitReason::Stopped);
+        milestone("wait: woken");
         self.teardown();
+        milestone("wait: threads joined");
         reason
     }
 

@@ -27,7 +27,9 @@ impl BootTimer {
     /// The message for a signal at `now_ns`.
     fn message(&self, now_ns: u64) -> String {
         let ms = now_ns.saturating_sub(self.start_ns) as f64 / 1e6;
-        format!("boot timer: guest signalled at t={now_ns} ns, {ms:.1} ms after the VM build started")
+        format!(
+            "boot timer: guest signalled at t={now_ns} ns, {ms:.1} ms after the VM build started"
+        )
     }
 }
 

@@ -5,8 +5,10 @@
 
 mod control;
 mod kick;
+mod milestone;
 mod run;
 
 pub use control::{RunControl, RunState};
 pub use kick::register_kick_signal;
+pub use milestone::{milestone, monotonic_ns};
 pub use run::{Vcpu, VcpuHandle, VcpuStop};

@@ -103,6 +103,9 @@ impl Vcpu {
     fn run(mut self, control: &RunControl) -> VcpuStop {
         let ptr = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
         set_immediate_exit_ptr(ptr);
+        if log::log_enabled!(target: "ember::startup", log::Level::Debug) {
+            crate::milestone(&format!("vCPU {}: first KVM_RUN", self.index));
+        }
         let reason = loop {
             match control.state() {
                 RunState::Running => {}
