@@ -251,6 +251,9 @@ fn run(args: &RunArgs) -> Result<u8, String> {
         SerialConfig::Stdio => terminal::RawTerminal::enter(),
         _ => None,
     };
+    // The guest starts first; a stop signal that arrives meanwhile stays pending (it is
+    // blocked in every thread) until the signal thread's sigwait takes it.
+    vm.start().map_err(|e| e.to_string())?;
     let stopper = vm.clone();
     let signalled = Arc::new(std::sync::atomic::AtomicI32::new(0));
     let seen = signalled.clone();
@@ -266,8 +269,6 @@ fn run(args: &RunArgs) -> Result<u8, String> {
             }
         })
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
-
-    vm.start().map_err(|e| e.to_string())?;
     let reason = vm.wait();
     drop(_raw);
     Ok(match reason {
