@@ -8,7 +8,9 @@
 //! buffer's device-writable length, and nothing is completed before the whole frame is in.
 
 use ember_virtio::chain::{write_bytes, ChainBuffers};
-use ember_virtio::{warn_limited, GuestMemory, LogLimiter, Queue, QueueOwnedT, QueueT};
+use ember_virtio::{
+    add_used_batch, warn_limited, GuestMemory, LogLimiter, Queue, QueueOwnedT, QueueT, UsedNotifier,
+};
 use vm_memory::GuestMemoryBackend;
 
 use crate::backend::Backend;
@@ -49,6 +51,9 @@ pub struct RxContext {
     staged: usize,
     held: Vec<Held>,
     n_held: usize,
+    /// The used elements of the frame being completed, published together.
+    used: Vec<(u16, u32)>,
+    notifier: UsedNotifier,
     limiter: LogLimiter,
 }
 
@@ -60,6 +65,8 @@ impl Default for RxContext {
             staged: 0,
             held: Vec::new(),
             n_held: 0,
+            used: Vec::new(),
+            notifier: UsedNotifier::default(),
             limiter: LogLimiter::default(),
         }
     }
@@ -75,6 +82,7 @@ impl RxContext {
     pub fn clear(&mut self) {
         self.staged = 0;
         self.n_held = 0;
+        self.notifier = UsedNotifier::default();
     }
 }
 
@@ -118,7 +126,7 @@ pub fn process_rx<B: Backend>(
             }
         }
     };
-    let notify = completed && queue.needs_notification(mem)?;
+    let notify = completed && ctx.notifier.needs_notification(queue, mem)?;
     Ok((state, notify))
 }
 
@@ -226,6 +234,7 @@ fn deliver(
     let num_buffers = if cfg.mergeable { count as u16 } else { 1 };
     set_num_buffers(&mut ctx.staging[..HDR_LEN], num_buffers);
     let mut offset = 0usize;
+    ctx.used.clear();
     for held in &ctx.held[..count] {
         let take = (held.cap as usize).min(ctx.staged - offset);
         let data = &ctx.staging[offset..offset + take];
@@ -236,8 +245,11 @@ fn deliver(
             0
         };
         offset += take;
-        queue.add_used(mem, held.head, len)?;
+        ctx.used.push((held.head, len));
     }
+    // All buffers of the frame appear at once: a driver that saw fewer than `num_buffers`
+    // would drop the frame.
+    add_used_batch(queue, mem, &ctx.used)?;
     *completed = true;
     ctx.held[..ctx.n_held].rotate_left(count);
     ctx.n_held -= count;

@@ -16,6 +16,7 @@ mod mmio;
 mod ratelimit;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+mod used;
 
 pub use active::ActiveQueue;
 pub use device::{read_config_bytes, ActivateError, Activation, VirtioDevice};
@@ -24,6 +25,7 @@ pub use events::{QueueHandler, QueueSubscriber};
 pub use interrupt::Interrupt;
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use ratelimit::LogLimiter;
+pub use used::{add_used_batch, UsedNotifier};
 pub use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 /// The guest memory type devices work on.
