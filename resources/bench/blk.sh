@@ -34,18 +34,11 @@
 # EMBER_BENCH_RAW=FILE (also save the raw result lines to FILE).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
 # shellcheck disable=SC2034 # read by lib.sh
 EMBER_LOG_TAG=bench/blk.sh
-# shellcheck source=SCRIPTDIR/../guest/lib.sh
-. "$HERE/../guest/lib.sh"
-cd "$ROOT"
-
-usage() {
-    sed -n '6,7p' "${BASH_SOURCE[0]}" | sed 's/^# *//' >&2
-    exit 2
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage() { bench_usage 6,7; }
 (($# <= 2)) || usage
 RUNS=${1:-5}
 SEQ_MIB=${2:-64}
@@ -61,19 +54,6 @@ RAND_MIB=${EMBER_BENCH_RAND_MIB:-$((SEQ_MIB / 4))}
 T_START=$(date +%s)
 
 # --- build -------------------------------------------------------------------------
-# Other people may be editing the tree: a failing build is retried for up to
-# ~10 minutes before giving up.
-retry() { # WHAT CMD...
-    local what=$1 deadline=$(($(date +%s) + 600))
-    shift
-    until "$@"; do
-        if (($(date +%s) >= deadline)); then
-            ember_die "$what still failing after 10 minutes"
-        fi
-        ember_log "$what failed; retrying in 60s"
-        sleep 60
-    done
-}
 initramfs_has_blkbench() {
     resources/guest/build.sh &&
         gzip -dc build/guest/initramfs.cpio.gz | cpio -it --quiet 2>/dev/null |
@@ -82,8 +62,8 @@ initramfs_has_blkbench() {
 
 command -v cargo >/dev/null || ember_die "cargo is not installed (Rust toolchain required)"
 ember_need qemu-system-x86_64=qemu-system-x86 timeout=coreutils cpio=cpio gzip=gzip
-retry "cargo build --release" cargo build --release --quiet
-retry "the test initramfs with /bin/blkbench" initramfs_has_blkbench
+bench_retry "cargo build --release" cargo build --release --quiet
+bench_retry "the test initramfs with /bin/blkbench" initramfs_has_blkbench
 
 # --- measure ------------------------------------------------------------------------
 RAW=$(mktemp "${TMPDIR:-/tmp}/ember-blkbench-raw.XXXXXX")

@@ -27,18 +27,11 @@
 # target/release/ember (before/after comparisons).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
 # shellcheck disable=SC2034 # read by lib.sh
 EMBER_LOG_TAG=bench/memory.sh
-# shellcheck source=SCRIPTDIR/../guest/lib.sh
-. "$HERE/../guest/lib.sh"
-cd "$ROOT"
-
-usage() {
-    sed -n '6,6p' "${BASH_SOURCE[0]}" | sed 's/^# *//' >&2
-    exit 2
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage() { bench_usage 6,6; }
 (($# <= 2)) || usage
 RUNS=${1:-10}
 LINUX_RUNS=${2:-3}

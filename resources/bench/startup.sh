@@ -42,18 +42,11 @@
 # figures.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
 # shellcheck disable=SC2034 # read by lib.sh
 EMBER_LOG_TAG=bench/startup.sh
-# shellcheck source=SCRIPTDIR/../guest/lib.sh
-. "$HERE/../guest/lib.sh"
-cd "$ROOT"
-
-usage() {
-    sed -n '6,6p' "${BASH_SOURCE[0]}" | sed 's/^# *//' >&2
-    exit 2
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage() { bench_usage 6,6; }
 (($# <= 1)) || usage
 RUNS=${1:-20}
 [[ $RUNS =~ ^[1-9][0-9]{0,3}$ ]] || { ember_log "RUNS must be a positive integer, got '$RUNS'"; usage; }
