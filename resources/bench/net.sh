@@ -51,18 +51,11 @@
 # EMBER_BENCH_RAW=FILE (also save the raw result lines to FILE).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
 # shellcheck disable=SC2034 # read by lib.sh
 EMBER_LOG_TAG=bench/net.sh
-# shellcheck source=SCRIPTDIR/../guest/lib.sh
-. "$HERE/../guest/lib.sh"
-cd "$ROOT"
-
-usage() {
-    sed -n '6,7p' "${BASH_SOURCE[0]}" | sed 's/^# *//' >&2
-    exit 2
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage() { bench_usage 6,7; }
 (($# <= 2)) || usage
 RUNS=${1:-5}
 SIZE_MIB=${2:-128}
@@ -86,19 +79,6 @@ export EMBER_BENCH_VMMS="${VMMS[*]}"
 T_START=$(date +%s)
 
 # --- build -------------------------------------------------------------------------
-# Other people may be editing the tree: a failing build is retried for up to
-# ~10 minutes before giving up.
-retry() { # WHAT CMD...
-    local what=$1 deadline=$(($(date +%s) + 600))
-    shift
-    until "$@"; do
-        if (($(date +%s) >= deadline)); then
-            ember_die "$what still failing after 10 minutes"
-        fi
-        ember_log "$what failed; retrying in 60s"
-        sleep 60
-    done
-}
 ember_with_net() {
     cargo build --release --quiet &&
         target/release/ember run --help | grep -e '--net' >/dev/null # (not -q: ember would die of SIGPIPE)
@@ -113,9 +93,9 @@ ember_need timeout=coreutils cpio=cpio gzip=gzip ip=iproute2
 [[ -z $want_qemu ]] || ember_need qemu-system-x86_64=qemu-system-x86
 if [[ -n $want_ember ]]; then
     command -v cargo >/dev/null || ember_die "cargo is not installed (Rust toolchain required)"
-    retry "cargo build --release (an ember that knows --net)" ember_with_net
+    bench_retry "cargo build --release (an ember that knows --net)" ember_with_net
 fi
-retry "the test guest with ember-stream" guest_with_stream
+bench_retry "the test guest with ember-stream" guest_with_stream
 
 # --- measure ------------------------------------------------------------------------
 RAW=$(mktemp "${TMPDIR:-/tmp}/ember-netbench-raw.XXXXXX")
