@@ -168,7 +168,9 @@ impl Muxer {
             self.drop_pending(fd);
             return;
         };
-        let p = self.pending.remove(&fd).expect("looked up above");
+        let Some(p) = self.pending.remove(&fd) else {
+            return;
+        };
         let local_port = self.allocate_port(port);
         let key = ConnKey {
             local_port,

@@ -360,11 +360,7 @@ impl Muxer {
         let token = self.listener_token;
         diff(fd, token, &mut self.listener_reg, want, apply);
         for fd in std::mem::take(&mut self.dirty) {
-            if let Some(key) = self.by_fd.get(&fd) {
-                let conn = self
-                    .conns
-                    .get_mut(key)
-                    .expect("by_fd names live connections");
+            if let Some(conn) = self.by_fd.get(&fd).and_then(|k| self.conns.get_mut(k)) {
                 let want = conn.interest();
                 diff(fd, fd as u32, &mut conn.registered, want, apply);
             } else if let Some(p) = self.pending.get_mut(&fd) {
