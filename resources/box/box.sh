@@ -291,11 +291,22 @@ new_job() {
     : >"$JOB_DIR/stderr"
 }
 
+# box_kernel_stalled STATEDIR OFFSET: true if the box kernel's log past byte
+# OFFSET reports an RCU stall or a lockup (visible with EMBER_BOX_DEBUG=1).
+box_kernel_stalled() {
+    tail -c +"$(($2 + 1))" "$1/console.log" 2>/dev/null |
+        grep -E 'rcu: INFO: .*stall|soft lockup|hard LOCKUP' >/dev/null
+}
+
 # wait_job STATEDIR QEMU_PID: stream the job's output, wait for its exit status.
 # Sets JOB_RC.
 wait_job() {
-    local st=$1 qpid=$2 start sentinel t1 t2 why=
+    local st=$1 qpid=$2 start sentinel t1 t2 why='' console_at last_check
     start=$(now)
+    last_check=$start
+    # Where the box kernel's log stood when the job began: a stall reported after that
+    # (below) means the box's own kernel is wedged, not that the job is slow.
+    console_at=$(stat -c %s "$st/console.log" 2>/dev/null || echo 0)
     # The tails follow the output until this sentinel exits; it dies with
     # box.sh (pdeathsig) and is killed by the exit traps (stop_sentinel).
     setpriv --pdeathsig KILL -- sleep infinity &
@@ -313,6 +324,15 @@ wait_job() {
         if ! kill -0 "$qpid" 2>/dev/null; then
             why=box-died
             break
+        fi
+        if (($(now) - last_check >= 5)); then
+            last_check=$(now)
+            if box_kernel_stalled "$st" "$console_at"; then
+                why=box-stalled
+                : >"$JOB_DIR/cancel"
+                notify "$st"
+                break
+            fi
         fi
         if ((TIMEOUT > 0 && $(now) - start >= TIMEOUT)); then
             why=timeout
@@ -340,6 +360,15 @@ wait_job() {
         timeout)
             printf 'box.sh: command timed out after %ss and was killed: %s\n' "$TIMEOUT" "${CMD[*]}" >&2
             JOB_RC=$EXIT_TIMEOUT
+            ;;
+        box-stalled)
+            # The nested-TCG box kernel has lost timer interrupts (RCU stalls, soft
+            # lockups) under host load; it does not recover, so stop it: the next
+            # command gets a fresh box.
+            printf 'box.sh: error: the box kernel stalled while running: %s\n' "${CMD[*]}" >&2
+            show_console "$st"
+            kill "$qpid" 2>/dev/null || true
+            JOB_RC=$EXIT_BOX
             ;;
         box-died)
             printf 'box.sh: error: the box stopped while running: %s\n' "${CMD[*]}" >&2
