@@ -30,6 +30,9 @@ BOOT_TIMEOUT=${EMBER_BOX_BOOT_TIMEOUT:-600}
 DEFAULT_TIMEOUT=${EMBER_BOX_TIMEOUT:-3600}
 IDLE_TIMEOUT=${EMBER_BOX_IDLE_TIMEOUT:-3600}
 PICKUP_TIMEOUT=${EMBER_BOX_PICKUP_TIMEOUT:-120}
+# The box's dispatcher touches state/heartbeat at least every 2s; none for this long while a
+# job runs means the box kernel is wedged, whatever the job is doing.
+HEARTBEAT_TIMEOUT=${EMBER_BOX_HEARTBEAT_TIMEOUT:-90}
 BOX_KERNEL_META=${EMBER_BOX_KERNEL_META:-linux-image-amd64}
 # Kernel modules for the box (dependencies are added automatically).
 BOX_MODULES="virtio_pci 9pnet_virtio 9p virtio_rng virtio_console kvm_amd tun ${EMBER_BOX_MODULES:-}"
@@ -298,6 +301,15 @@ box_kernel_stalled() {
         grep -E 'rcu: INFO: .*stall|soft lockup|hard LOCKUP' >/dev/null
 }
 
+# box_heart_stopped STATEDIR JOB_START: true if the box's dispatcher has not touched its
+# heartbeat for HEARTBEAT_TIMEOUT seconds (counting from JOB_START at the earliest).
+box_heart_stopped() {
+    local beat
+    beat=$(stat -c %Y "$1/heartbeat" 2>/dev/null) || return 1
+    ((beat < $2)) && beat=$2
+    (($(now) - beat >= HEARTBEAT_TIMEOUT))
+}
+
 # wait_job STATEDIR QEMU_PID: stream the job's output, wait for its exit status.
 # Sets JOB_RC.
 wait_job() {
@@ -327,7 +339,7 @@ wait_job() {
         fi
         if (($(now) - last_check >= 5)); then
             last_check=$(now)
-            if box_kernel_stalled "$st" "$console_at"; then
+            if box_kernel_stalled "$st" "$console_at" || box_heart_stopped "$st" "$start"; then
                 why=box-stalled
                 : >"$JOB_DIR/cancel"
                 notify "$st"
@@ -343,6 +355,9 @@ wait_job() {
                 [[ -f $JOB_DIR/rc ]] && break
                 sleep 0.2
             done
+            # A box that cannot even kill the job within 10s is itself wedged: that is the
+            # box's failure, not a slow command.
+            [[ -f $JOB_DIR/rc ]] || why=box-stalled
             break
         fi
         if [[ -e $st/queue/$JOB_ID ]] && (($(now) - start >= PICKUP_TIMEOUT)); then
@@ -363,8 +378,8 @@ wait_job() {
             ;;
         box-stalled)
             # The nested-TCG box kernel has lost timer interrupts (RCU stalls, soft
-            # lockups) under host load; it does not recover, so stop it: the next
-            # command gets a fresh box.
+            # lockups, a dispatcher that stopped running) under host load; it does not
+            # recover, so stop it: the next command gets a fresh box.
             printf 'box.sh: error: the box kernel stalled while running: %s\n' "${CMD[*]}" >&2
             show_console "$st"
             kill "$qpid" 2>/dev/null || true

@@ -115,7 +115,12 @@ impl Vcpu {
                     }
                     continue;
                 }
-                RunState::Stopped => break VcpuStop::Stopped,
+                RunState::Stopped => {
+                    // Where the guest was when the VMM stopped it: what a post-mortem of a
+                    // hung guest needs first.
+                    self.log_state("stopped by the VMM");
+                    break VcpuStop::Stopped;
+                }
             }
             if let Some(stop) = self.run_once() {
                 break stop;
