@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ember_virtio::{
     read_config_bytes, warn_limited, ActivateError, Activation, GuestMemory, Interrupt, LogLimiter,
     Queue, QueueT, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
 };
 use event_manager::EventSet;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -99,8 +100,11 @@ impl<B: Backend> Net<B> {
     /// A device on any backend (the tests use a socket pair).
     pub fn with_backend(backend: B, config: NetConfig) -> std::io::Result<Self> {
         let bit = |b: u32| 1u64 << b;
+        // INDIRECT_DESC: a TSO frame is up to 19 descriptors; through an indirect table it
+        // takes one ring slot, so the guest keeps many more frames in flight.
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_RING_F_INDIRECT_DESC
             | bit(VIRTIO_NET_F_MAC)
             | bit(VIRTIO_NET_F_STATUS)
             | bit(VIRTIO_NET_F_MRG_RXBUF);

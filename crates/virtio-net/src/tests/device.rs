@@ -45,6 +45,7 @@ fn features_and_config_space() {
     }
     assert_eq!(f & offload_features(), 0);
     assert_ne!(f & ember_virtio::VIRTIO_F_VERSION_1, 0);
+    assert_ne!(f & ember_virtio::VIRTIO_RING_F_INDIRECT_DESC, 0);
     assert_eq!(plain.device_type(), 1);
     assert_eq!(plain.queue_max_sizes(), &[256, 256]);
     let mut cfg = [0xffu8; 12];

@@ -2,7 +2,11 @@
 
 use ember_virtio::testing::{put, r, raw, w, Driver, Seg};
 use ember_virtio::{GuestMemory, Queue, QueueT};
-use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+use vm_memory::{Bytes, GuestAddress};
+
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 use super::common::*;
 use crate::device::NetCounters;
@@ -84,6 +88,38 @@ fn frames_reach_the_host_whatever_the_layout() {
     }
     assert_eq!(t.counters.tx_frames, 3);
     assert_eq!(t.counters.tx_bytes, 100 + 1514 + 3000);
+}
+
+#[test]
+fn frames_through_indirect_tables() {
+    let mem = guest_memory();
+    let mut t = Tx::new(&mem);
+    let a = t.stage(BUFS, 0, 0, &frame(1514, 5));
+    // Header, then the frame in three pieces, all in one indirect table.
+    let table = BUFS + 0x8000;
+    let entries = [
+        raw(BUFS, 12, NEXT, 1),
+        raw(BUFS + 12, 500, NEXT, 2),
+        raw(BUFS + 512, 14, NEXT, 3),
+        raw(BUFS + 526, 1000, 0, 0),
+    ];
+    for (i, d) in entries.into_iter().enumerate() {
+        mem.write_obj(d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    t.drv.set_desc(0, raw(table, 64, INDIRECT, 0));
+    // A table whose length is not whole descriptors, and one outside guest memory.
+    t.drv.set_desc(1, raw(table, 40, INDIRECT, 0));
+    t.drv.set_desc(2, raw(REGION * 64, 64, INDIRECT, 0));
+    for head in 0..3 {
+        t.drv.offer(head);
+    }
+    let (state, _) = t.run();
+    assert_eq!(state, TxState::Idle);
+    assert_eq!(t.peer.recv_all(), vec![a]);
+    let used: Vec<_> = (0..3).map(|n| t.drv.used(n)).collect();
+    assert_eq!(used, [(0, 0), (1, 0), (2, 0)]);
+    assert_eq!((t.counters.tx_frames, t.counters.tx_dropped), (1, 2));
 }
 
 #[test]
