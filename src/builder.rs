@@ -18,12 +18,13 @@ use ember_devices::boot_timer::{BootTimer, BOOT_TIMER_PORT};
 use ember_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use ember_devices::serial::{SerialInput, SerialPort, COM1_BASE, COM1_LEN};
 use ember_devices::{Bus, BusError};
+use ember_memory::GuestRam;
 use ember_vcpu::{milestone, register_kick_signal, RunControl, Vcpu};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VmConfig};
@@ -311,7 +312,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     })
 }
 
-fn register_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<(), BuildError> {
+fn register_memory(vm_fd: &VmFd, memory: &GuestRam) -> Result<(), BuildError> {
     for (slot, region) in memory.iter().enumerate() {
         let mem_region = kvm_userspace_memory_region {
             slot: slot as u32,

@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ember_memory::GuestRam;
 use ember_vcpu::{milestone, RunControl, RunState, Vcpu, VcpuHandle};
 use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
 
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitLatch, ExitReason};
@@ -43,7 +43,7 @@ pub enum VmState {
 
 /// A running (or runnable) microVM. Dropping it stops it.
 pub struct Vm {
-    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) memory: GuestRam,
     pub(crate) _vm_fd: VmFd,
     pub(crate) pending: Mutex<Vec<Vcpu>>,
     pub(crate) handles: Mutex<Vec<VcpuHandle>>,
@@ -166,7 +166,7 @@ impl Vm {
     }
 
     /// Guest memory, for embedders that inspect or seed it.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestRam {
         &self.memory
     }
 

@@ -27,6 +27,7 @@
 #
 # Settings (environment): EMBER_BENCH_GUEST_TIMEOUT (seconds per guest, 120),
 # EMBER_BENCH_RETRIES (1), EMBER_BENCH_QEMU (qemu-system-x86_64),
+# EMBER_BENCH_EMBER (target/release/ember),
 # EMBER_BENCH_SCRATCH (/dev/shm), EMBER_BENCH_KERNELS ("microvm debian"),
 # EMBER_BENCH_CONFIGS ("1x128 2x512").
 set -euo pipefail
@@ -42,7 +43,7 @@ RUNS=$1 STAMP=$2
 [[ $RUNS =~ ^[1-9][0-9]{0,3}$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
 [[ -x $STAMP ]] || die "$STAMP is not an executable (boot-stamp)"
 
-EMBER=$ROOT/target/release/ember
+EMBER=${EMBER_BENCH_EMBER:-$ROOT/target/release/ember}
 INITRD_SRC=$ROOT/build/guest/initramfs.cpio.gz
 declare -A KERNEL_SRC=(
     [microvm]=$ROOT/build/kernel/vmlinux # PVH ELF (resources/kernel/build.sh)

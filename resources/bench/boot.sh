@@ -40,7 +40,9 @@
 # Environment: EMBER_BENCH_RETRIES, EMBER_BENCH_BOX_DIR,
 # EMBER_BENCH_GUEST_TIMEOUT (seconds per boot, default 120),
 # EMBER_BENCH_KERNELS ("microvm debian"), EMBER_BENCH_CONFIGS ("1x128 2x512",
-# CPUSxMIB), EMBER_BENCH_RAW=FILE (also save the raw result lines to FILE).
+# CPUSxMIB), EMBER_BENCH_RAW=FILE (also save the raw result lines to FILE),
+# EMBER_BENCH_EMBER=PATH (another ember binary to measure, e.g. a build from
+# before a change; default target/release/ember).
 set -euo pipefail
 
 # shellcheck disable=SC2034 # read by lib.sh

@@ -7,7 +7,8 @@
 #
 # RUNS (default 5): boots of each VMM; the VMMs take turns, the order rotating
 #   from run to run, and the table shows medians.
-# SIZE_MIB (default 128): MiB moved over one TCP connection in each
+# SIZE_MIB (default 256; shorter transfers are dominated by TCP ramp-up):
+#   MiB moved over one TCP connection in each
 #   direction (guest -> host, then host -> guest). Without offloads the
 #   guest sends ~2-3 MiB/s under nested emulation, so this sets the time.
 #
@@ -58,7 +59,7 @@ EMBER_LOG_TAG=bench/net.sh
 usage() { bench_usage 6,7; }
 (($# <= 2)) || usage
 RUNS=${1:-5}
-SIZE_MIB=${2:-128}
+SIZE_MIB=${2:-256}
 [[ $RUNS =~ ^[1-9][0-9]{0,3}$ ]] || { ember_log "RUNS must be a positive integer, got '$RUNS'"; usage; }
 [[ $SIZE_MIB =~ ^[1-9][0-9]{0,5}$ ]] || { ember_log "SIZE_MIB must be a positive integer, got '$SIZE_MIB'"; usage; }
 [[ ${EMBER_BENCH_RETRIES:-1} =~ ^[0-9]$ ]] || ember_die "EMBER_BENCH_RETRIES must be 0 to 9"

@@ -4,12 +4,13 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
+use ember_memory::GuestRam;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::*;
 use crate::memory::ram_regions;
@@ -94,7 +95,7 @@ pub struct LoadedKernel {
 }
 
 /// Loads an ELF (PVH entry preferred) or bzImage kernel into `mem`.
-pub fn load_kernel(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(mem: &GuestRam, image: &mut File) -> Result<LoadedKernel, BootError> {
     let mut magic = [0u8; 4];
     image
         .seek(SeekFrom::Start(0))
@@ -146,19 +147,19 @@ pub fn load_kernel(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKern
 }
 
 /// Total guest RAM in bytes.
-fn ram_size(mem: &GuestMemoryMmap) -> u64 {
+fn ram_size(mem: &GuestRam) -> u64 {
     mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
 }
 
 /// Top of RAM below the 32-bit MMIO hole.
-fn low_mem_end(mem: &GuestMemoryMmap) -> u64 {
+fn low_mem_end(mem: &GuestRam) -> u64 {
     ram_size(mem).min(MMIO_HOLE_START)
 }
 
 /// Loads an initrd at the highest page-aligned address below the top of low memory (and below
 /// the kernel's `initrd_addr_max`), above the kernel. Returns its address and size.
 pub fn load_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     kernel: &LoadedKernel,
     initrd: &mut File,
 ) -> Result<(GuestAddress, u64), BootError> {
@@ -204,7 +205,7 @@ pub struct BootInfo<'a> {
 
 /// Writes the command line and the boot structure matching `kernel.entry.mode`.
 pub fn write_boot_info(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     kernel: &LoadedKernel,
     info: &BootInfo,
 ) -> Result<(), BootError> {
@@ -227,7 +228,7 @@ pub fn write_boot_info(
 }
 
 /// The memory map both boot protocols describe: (start, size, type).
-fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
+fn memory_map(mem: &GuestRam) -> Vec<(u64, u64, u32)> {
     let mut map = vec![(0, EBDA_START, E820_RAM)];
     map.push((ACPI_START, ACPI_SIZE, E820_RESERVED));
     for (start, len) in ram_regions(ram_size(mem)) {
@@ -244,7 +245,7 @@ fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
 }
 
 fn write_zero_page(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     kernel: &LoadedKernel,
     info: &BootInfo,
     cmdline_len: usize,
@@ -282,7 +283,7 @@ fn write_zero_page(
         .map_err(BootError::GuestMemory)
 }
 
-fn write_pvh_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), BootError> {
+fn write_pvh_info(mem: &GuestRam, info: &BootInfo) -> Result<(), BootError> {
     let map = memory_map(mem);
     if map.len() > PVH_MEMMAP_MAX {
         return Err(BootError::TooManyMemoryRegions);

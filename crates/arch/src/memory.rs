@@ -1,6 +1,7 @@
 //! Guest RAM: where it lives in the guest physical address space and how it is mapped.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use ember_memory::{map_ram, GuestRam};
+use vm_memory::GuestAddress;
 
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
@@ -26,7 +27,7 @@ pub enum MemoryError {
     },
     /// The host refused the mapping.
     #[error("cannot map {0} MiB of guest memory: {1}")]
-    Mmap(u64, vm_memory::mmap::FromRangesError),
+    Mmap(u64, std::io::Error),
 }
 
 /// RAM regions (start, length) for a guest with `size` bytes of memory: everything below the
@@ -41,9 +42,10 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, u64)> {
 }
 
 /// Maps `size` bytes of guest RAM, after validating it against `max_phys_bits` (the guest
-/// physical address width). The mapping is anonymous and lazy: untouched pages cost the host
-/// nothing.
-pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestMemoryMmap, MemoryError> {
+/// physical address width). The mapping is anonymous and lazy (untouched pages cost the host
+/// nothing), 2 MiB-aligned and backed by transparent huge pages where the host allows
+/// (`ember_memory::map_region`).
+pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestRam, MemoryError> {
     if size < MIN_MEM_SIZE {
         return Err(MemoryError::TooSmall(size));
     }
@@ -66,7 +68,7 @@ pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestMemoryMm
     }
     let ranges: Vec<(GuestAddress, usize)> =
         regions.iter().map(|(a, l)| (*a, *l as usize)).collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Mmap(size >> 20, e))
+    map_ram(&ranges).map_err(|e| MemoryError::Mmap(size >> 20, e))
 }
 
 #[cfg(test)]

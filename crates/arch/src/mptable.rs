@@ -34,7 +34,8 @@
 //! unique. (The MADT gives it ID 0; a guest reads one table or the other, never both, and on
 //! 64-bit Linux the ID only links the IO interrupt entries to their IO-APIC.)
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use ember_memory::GuestRam;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 use crate::layout::{
     ACPI_START, APIC_ADDR, EBDA_START, IOAPIC_ADDR, IOAPIC_PINS, IRQ_DEVICES_END, MPTABLE_SIZE,
@@ -141,7 +142,7 @@ pub enum MptableError {
 ///
 /// Nothing is written unless the table is valid and fits, and the floating pointer is written
 /// last, so a failed write never leaves a guest-visible pointer to a partial table.
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableError> {
+pub fn setup_mptable(mem: &GuestRam, num_cpus: u8) -> Result<(), MptableError> {
     if num_cpus == 0 {
         return Err(MptableError::NoCpus);
     }
@@ -309,7 +310,7 @@ mod tests {
 
     /// Finds the floating pointer the way Linux does in the last KiB of base memory: a
     /// paragraph-aligned "_MP_" with LENGTH 1, a valid checksum and SPEC_REV 1 or 4.
-    fn scan_floating_pointer(mem: &GuestMemoryMmap) -> Option<(u64, [u8; MPF_LEN])> {
+    fn scan_floating_pointer(mem: &GuestRam) -> Option<(u64, [u8; MPF_LEN])> {
         let base = 639 * 1024;
         (base..base + 1024).step_by(16).find_map(|addr| {
             let mut mpf = [0u8; MPF_LEN];
@@ -338,7 +339,7 @@ mod tests {
 
     /// Follows the floating pointer to the configuration table, checks both structures and
     /// decodes the entries.
-    fn parse(mem: &GuestMemoryMmap) -> Parsed {
+    fn parse(mem: &GuestRam) -> Parsed {
         let (mpf_addr, mpf) = scan_floating_pointer(mem).expect("floating pointer found");
         assert_eq!(mpf_addr, EBDA_START);
         assert_eq!(mpf[9], 4, "spec revision 1.4");
@@ -474,7 +475,7 @@ mod tests {
     #[test]
     fn failed_write_leaves_no_floating_pointer() {
         // RAM ends below the configuration table.
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0xa0000)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0xa0000)]).unwrap();
         assert!(matches!(
             setup_mptable(&mem, 2),
             Err(MptableError::GuestMemory(_))

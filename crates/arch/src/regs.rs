@@ -1,9 +1,10 @@
 //! Initial vCPU state: segment descriptors, identity page tables, registers, FPU, MSRs and
 //! local APIC wiring.
 
+use ember_memory::GuestRam;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::{EntryMode, EntryPoint};
 use crate::layout::*;
@@ -73,11 +74,7 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 }
 
 /// Writes the GDT for `mode` and loads segment registers into `sregs`.
-fn setup_segments(
-    mem: &GuestMemoryMmap,
-    sregs: &mut kvm_sregs,
-    mode: EntryMode,
-) -> Result<(), RegsError> {
+fn setup_segments(mem: &GuestRam, sregs: &mut kvm_sregs, mode: EntryMode) -> Result<(), RegsError> {
     let code = match mode {
         EntryMode::Linux64 => gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
         EntryMode::Pvh => gdt_entry(0xc09b, 0, 0xfffff),     // 32-bit flat code
@@ -110,7 +107,7 @@ fn setup_segments(
 }
 
 /// Identity-maps the low 4 GiB with 2 MiB pages: PML4 → one PDPT → four page directories.
-fn setup_page_tables(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(), RegsError> {
+fn setup_page_tables(mem: &GuestRam, sregs: &mut kvm_sregs) -> Result<(), RegsError> {
     let write = |val: u64, addr: u64| {
         mem.write_obj(val, GuestAddress(addr))
             .map_err(RegsError::GuestMemory)
@@ -132,11 +129,7 @@ fn setup_page_tables(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(),
 }
 
 /// Sets registers, segments and paging for the boot vCPU to enter `entry`.
-pub fn setup_boot_vcpu(
-    vcpu: &VcpuFd,
-    mem: &GuestMemoryMmap,
-    entry: EntryPoint,
-) -> Result<(), RegsError> {
+pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestRam, entry: EntryPoint) -> Result<(), RegsError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
     setup_segments(mem, &mut sregs, entry.mode)?;
     sregs.cr0 = (sregs.cr0 & !X86_CR0_PG) | X86_CR0_PE | X86_CR0_ET;

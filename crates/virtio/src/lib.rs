@@ -29,7 +29,7 @@ pub use used::{add_used_batch, UsedNotifier};
 pub use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 /// The guest memory type devices work on.
-pub type GuestMemory = vm_memory::GuestMemoryMmap;
+pub type GuestMemory = ember_memory::GuestRam;
 
 /// Feature bit: the device follows virtio 1.x (always offered and required).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

@@ -3,10 +3,10 @@
 
 use super::*;
 use crate::layout::{APIC_ADDR, COM1_IRQ, IOAPIC_ADDR, MMIO_DEVICES_START};
-use vm_memory::GuestMemoryMmap;
+use ember_memory::GuestRam;
 
-fn guest_mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
+fn guest_mem() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
 }
 
 fn sum(bytes: &[u8]) -> u8 {
@@ -33,7 +33,7 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 }
 
 /// Reads the table at `addr` and checks signature, placement, OEM ID and checksum.
-fn read_table(mem: &GuestMemoryMmap, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+fn read_table(mem: &GuestRam, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
     let mut header = [0u8; 36];
     mem.read_slice(&mut header, GuestAddress(addr)).unwrap();
     assert_eq!(&header[..4], sig);
@@ -256,7 +256,7 @@ fn mmio_window_may_end_exactly_at_4g() {
     build_and_parse(1, &[dev]);
 }
 
-fn create(mem: &GuestMemoryMmap, num_cpus: u8, devices: &[MmioDevice]) -> AcpiError {
+fn create(mem: &GuestRam, num_cpus: u8, devices: &[MmioDevice]) -> AcpiError {
     let cfg = AcpiConfig {
         num_cpus,
         mmio_devices: devices,
@@ -313,7 +313,7 @@ fn tables_larger_than_the_acpi_area_are_an_error() {
 
 #[test]
 fn missing_guest_memory_is_an_error() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 1 << 20)]).unwrap();
+    let mem = GuestRam::from_ranges(&[(GuestAddress(0x10_0000), 1 << 20)]).unwrap();
     assert!(matches!(create(&mem, 1, &[]), AcpiError::GuestMemory(_)));
 }
 
