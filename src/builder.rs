@@ -207,7 +207,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
 
     let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
     milestone("build: VM created");
-    let memory = create_guest_memory(mem_bytes, phys_bits)?;
+    let memory = create_guest_memory(mem_bytes, phys_bits, machine.huge_pages)?;
     register_memory(&vm_fd, &memory)?;
     milestone("build: guest memory mapped and registered");
     vm_fd

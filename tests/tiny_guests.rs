@@ -209,3 +209,39 @@ fn console_input_from_a_regular_file() {
         format!("EMBER-TINY echo-ready\n{line}EMBER-TINY echo-done\n")
     );
 }
+
+/// The `VmFlags` of the anonymous mapping of exactly `kib` KiB in process `pid`'s smaps.
+fn ram_vm_flags(pid: u32, kib: u64) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut size_matches = false;
+    for line in smaps.lines() {
+        if let Some(size) = line.strip_prefix("Size:") {
+            size_matches = size.trim() == format!("{kib} kB");
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if size_matches {
+                return flags.trim().to_string();
+            }
+        }
+    }
+    panic!("no {kib} KiB mapping in /proc/{pid}/smaps");
+}
+
+#[test]
+fn guest_ram_asks_for_huge_pages_unless_told_not_to() {
+    if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        eprintln!("skipped: this kernel has no transparent huge pages");
+        return;
+    }
+    for (args, want, not) in [
+        (&["--memory", "96M"][..], "hg", "nh"),
+        (&["--memory", "96M", "--no-huge-pages"][..], "nh", "hg"),
+    ] {
+        let mut vm = common::halted_vm(args);
+        let flags = ram_vm_flags(vm.id(), 96 << 10);
+        vm.kill().unwrap();
+        vm.wait().unwrap();
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        assert!(flags.contains(&want), "{args:?}: {flags:?}");
+        assert!(!flags.contains(&not), "{args:?}: {flags:?}");
+    }
+}

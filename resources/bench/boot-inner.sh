@@ -27,7 +27,8 @@
 #
 # Settings (environment): EMBER_BENCH_GUEST_TIMEOUT (seconds per guest, 120),
 # EMBER_BENCH_RETRIES (1), EMBER_BENCH_QEMU (qemu-system-x86_64),
-# EMBER_BENCH_EMBER (target/release/ember),
+# EMBER_BENCH_EMBER (target/release/ember), EMBER_BENCH_EMBER_ARGS (extra
+# arguments for every Ember run, split on spaces, e.g. --no-huge-pages),
 # EMBER_BENCH_SCRATCH (/dev/shm), EMBER_BENCH_KERNELS ("microvm debian"),
 # EMBER_BENCH_CONFIGS ("1x128 2x512").
 set -euo pipefail
@@ -44,6 +45,7 @@ RUNS=$1 STAMP=$2
 [[ -x $STAMP ]] || die "$STAMP is not an executable (boot-stamp)"
 
 EMBER=${EMBER_BENCH_EMBER:-$ROOT/target/release/ember}
+read -r -a EMBER_ARGS <<<"${EMBER_BENCH_EMBER_ARGS:-}"
 INITRD_SRC=$ROOT/build/guest/initramfs.cpio.gz
 declare -A KERNEL_SRC=(
     [microvm]=$ROOT/build/kernel/vmlinux # PVH ELF (resources/kernel/build.sh)
@@ -142,7 +144,7 @@ PATTERN="EMBER-INIT-OK"
 run_ember() { # KERNEL CPUS MIB OUT ERR
     "$STAMP" -t "$GUEST_TIMEOUT" -o "$4" -e "$5" -p "$PATTERN" -- \
         "${RUN_ember[@]}" run --kernel "$1" --initrd "$INITRD" --cpus "$2" --memory "$3M" \
-        --serial stdio --boot-timer --log-level info --cmdline "$CMDLINE"
+        --serial stdio --boot-timer --log-level info "${EMBER_ARGS[@]}" --cmdline "$CMDLINE"
 }
 
 # microvm has no i8042 of its own: -device i8042 adds the keyboard controller

@@ -42,7 +42,8 @@
 # EMBER_BENCH_KERNELS ("microvm debian"), EMBER_BENCH_CONFIGS ("1x128 2x512",
 # CPUSxMIB), EMBER_BENCH_RAW=FILE (also save the raw result lines to FILE),
 # EMBER_BENCH_EMBER=PATH (another ember binary to measure, e.g. a build from
-# before a change; default target/release/ember).
+# before a change; default target/release/ember), EMBER_BENCH_EMBER_ARGS (extra
+# arguments for every Ember run, e.g. --no-huge-pages).
 set -euo pipefail
 
 # shellcheck disable=SC2034 # read by lib.sh

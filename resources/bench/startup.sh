@@ -27,7 +27,9 @@
 # Per iteration there is a third run, Ember with --log-level debug, whose
 # startup milestones (`startup: t=<CLOCK_MONOTONIC ns> <step>`, logged by
 # src/builder.rs, src/vm.rs and crates/vcpu) give "fork to first KVM_RUN" and
-# the split of that time between the steps. Then STRACE_RUNS (default 5) runs of
+# the split of that time between the steps, and a fourth, a static C program
+# that does nothing (built here), for the process floor: what fork, exec and exit
+# cost on this host before any VMM work. Then STRACE_RUNS (default 5) runs of
 # each VMM under `strace -f --seccomp-bpf -e trace=execve,ioctl` measure execve
 # to the first KVM_RUN for both (strace slows both down; compare the ratio),
 # and one `strace -f -T -tt` run of Ember lists the system calls on its startup
@@ -61,6 +63,8 @@ ember_log "building ember (release), the tiny guests and the timer"
 cargo build --release --quiet
 resources/test-guests/build.sh "$OUT/guests"
 gcc -O2 -Wall -o "$OUT/startup-timer" "$HERE/startup-timer.c"
+# The process floor: fork, exec and exit of a static program that does nothing.
+echo 'int main(void) { return 0; }' | gcc -O2 -static -x c -o "$OUT/noop" -
 EMBER=${EMBER_BENCH_EMBER:-$ROOT/target/release/ember}
 GUEST=$ROOT/$OUT/guests/hello-pvh.elf
 TIMER=$ROOT/$OUT/startup-timer
@@ -86,13 +90,15 @@ timed() {
     local vmm=$1 label=$2 line
     shift 2
     local cmd
+    local pattern=(-p "$PATTERN")
     case $vmm in
         ember) cmd=("${ember_cmd[@]}" "$@") ;;
         base) cmd=("${base_cmd[@]}") ;;
+        noop) cmd=("$ROOT/$OUT/noop") pattern=() ;;
         *) cmd=("${qemu_cmd[@]}") ;;
     esac
-    line=$("$TIMER" -o "$WORK/out" -e "$WORK/err" -p "$PATTERN" -- "${cmd[@]}")
-    if [[ $line != *" status=0 "* || $line == *" pattern=-1 "* ]]; then
+    line=$("$TIMER" -o "$WORK/out" -e "$WORK/err" "${pattern[@]}" -- "${cmd[@]}")
+    if [[ $line != *" status=0 "* || ($vmm != noop && $line == *" pattern=-1 "*) ]]; then
         ember_log "$label run failed: $line"
         sed 's/^/  stderr: /' "$WORK/err" >&2
         ember_die "$label did not print the banner and exit 0"
@@ -122,6 +128,7 @@ for ((i = 1; i <= RUNS; i++)); do
     fi
     if [[ -n $BASELINE ]]; then timed base baseline; fi
     timed ember ember-debug --log-level debug
+    timed noop noop
 done
 
 # strace: execve -> first KVM_RUN, both VMMs, with the same (filtered) tracing.
@@ -168,6 +175,8 @@ row "fork to first KVM_RUN (Ember milestones)" "$e_first" nan
 row "fork to guest banner on stdout" "$e_banner" "$q_banner"
 row "whole run (fork to exit, VM torn down)" "$e_wall" "$q_wall"
 row "execve to first KVM_RUN under strace" "$e_strace" "$q_strace"
+echo
+echo "process floor: fork to exit of a static program that does nothing, median $(ms "$(field noop wall | median)") ms"
 if [[ -n $BASELINE ]]; then
     echo
     echo "baseline $BASELINE, same runs (medians, ms):" \

@@ -56,6 +56,10 @@ struct RunArgs {
     /// Guest memory: 128M, 1G, or bytes [default: 128M].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Back guest RAM with 4 KiB pages only, not transparent huge pages: host memory grows in
+    /// smaller steps, the guest runs slower.
+    #[arg(long)]
+    no_huge_pages: bool,
     /// Block device: path=PATH[,readonly=on][,id=NAME][,root=on]. Repeatable; added after the
     /// config file's drives.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
@@ -150,6 +154,9 @@ fn to_config(args: &RunArgs) -> Result<VmConfig, String> {
             ));
         }
         config.machine.mem_size_mib = bytes >> 20;
+    }
+    if args.no_huge_pages {
+        config.machine.huge_pages = false;
     }
     config.serial = parse_serial(&args.serial)?;
     for drive in &args.disk {
@@ -313,8 +320,11 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((c.machine.vcpus, c.machine.mem_size_mib), (2, 1024));
+        assert!(c.machine.huge_pages);
         assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));
         assert_eq!(c.boot.cmdline, None);
+        let c = to_config(&args(&["--kernel", "k", "--no-huge-pages"])).unwrap();
+        assert!(!c.machine.huge_pages);
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub fn parse(text: &str, path: &Path) -> Result<VmConfig, ConfigFileError> {
             vcpus: m.vcpu_count,
             mem_size_mib: m.mem_size_mib,
             smt: m.smt,
+            ..MachineConfig::default()
         };
     }
     devices::parse(&section, path, &mut config)?;

@@ -43,9 +43,13 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, u64)> {
 
 /// Maps `size` bytes of guest RAM, after validating it against `max_phys_bits` (the guest
 /// physical address width). The mapping is anonymous and lazy (untouched pages cost the host
-/// nothing), 2 MiB-aligned and backed by transparent huge pages where the host allows
-/// (`ember_memory::map_region`).
-pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestRam, MemoryError> {
+/// nothing), 2 MiB-aligned and, with `huge_pages`, backed by transparent huge pages where the
+/// host allows (`ember_memory::map_region`).
+pub fn create_guest_memory(
+    size: u64,
+    max_phys_bits: u8,
+    huge_pages: bool,
+) -> Result<GuestRam, MemoryError> {
     if size < MIN_MEM_SIZE {
         return Err(MemoryError::TooSmall(size));
     }
@@ -68,7 +72,7 @@ pub fn create_guest_memory(size: u64, max_phys_bits: u8) -> Result<GuestRam, Mem
     }
     let ranges: Vec<(GuestAddress, usize)> =
         regions.iter().map(|(a, l)| (*a, *l as usize)).collect();
-    map_ram(&ranges).map_err(|e| MemoryError::Mmap(size >> 20, e))
+    map_ram(&ranges, huge_pages).map_err(|e| MemoryError::Mmap(size >> 20, e))
 }
 
 #[cfg(test)]
@@ -89,7 +93,7 @@ mod tests {
             r[1],
             (GuestAddress(MMIO_HOLE_END), (4 << 30) - MMIO_HOLE_START)
         );
-        let mem = create_guest_memory(4 << 30, 39).unwrap();
+        let mem = create_guest_memory(4 << 30, 39, true).unwrap();
         assert_eq!(mem.num_regions(), 2);
         assert!(!mem.address_in_range(GuestAddress(MMIO_HOLE_START)));
     }
@@ -97,15 +101,15 @@ mod tests {
     #[test]
     fn bad_sizes_are_rejected() {
         assert!(matches!(
-            create_guest_memory(0, 39),
+            create_guest_memory(0, 39, true),
             Err(MemoryError::TooSmall(0))
         ));
         assert!(matches!(
-            create_guest_memory((64 << 20) + 1, 39),
+            create_guest_memory((64 << 20) + 1, 39, true),
             Err(MemoryError::Unaligned(_))
         ));
         assert!(matches!(
-            create_guest_memory(1 << 40, 39),
+            create_guest_memory(1 << 40, 39, true),
             Err(MemoryError::TooLarge { .. })
         ));
     }

@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn check(num_cpus: u8) {
-        let mem = create_guest_memory(128 << 20, 39).unwrap();
+        let mem = create_guest_memory(128 << 20, 39, true).unwrap();
         setup_mptable(&mem, num_cpus).unwrap();
         let p = parse(&mem);
 
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn bad_cpu_counts_are_rejected() {
-        let mem = create_guest_memory(2 << 20, 39).unwrap();
+        let mem = create_guest_memory(2 << 20, 39, true).unwrap();
         assert!(matches!(setup_mptable(&mem, 0), Err(MptableError::NoCpus)));
         assert!(matches!(
             setup_mptable(&mem, 255),
@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn coexists_with_acpi_tables() {
-        let mem = create_guest_memory(2 << 20, 39).unwrap();
+        let mem = create_guest_memory(2 << 20, 39, true).unwrap();
         let cfg = AcpiConfig {
             num_cpus: 4,
             mmio_devices: &[],

@@ -4,7 +4,9 @@
 //! where the host backs it with a huge page *and* the guest-physical and host-virtual addresses
 //! agree modulo 2 MiB. A plain `mmap` gives no such alignment (before Linux 6.7), so Ember maps
 //! each RAM region itself at a 2 MiB-aligned address and asks for transparent huge pages
-//! (`MADV_HUGEPAGE`, which matters on hosts whose THP mode is `madvise`).
+//! (`MADV_HUGEPAGE`, which matters on hosts whose THP mode is `madvise`). Without huge pages
+//! the region is marked `MADV_NOHUGEPAGE`, so that hosts whose THP mode is `always` honour the
+//! choice too.
 //!
 //! vm-memory does not unmap a mapping it did not create; the [`RamMapping`] stored in the
 //! region's bitmap slot does, when the region is dropped. It tracks no dirty pages.
@@ -62,8 +64,9 @@ impl NewBitmap for RamMapping {
 }
 
 /// Maps `len` bytes (a multiple of 4 KiB) of lazily allocated, zeroed memory at a 2 MiB-aligned
-/// host address, as the guest RAM region starting at `start`. Untouched pages cost nothing.
-pub fn map_region(start: GuestAddress, len: usize) -> io::Result<RamRegion> {
+/// host address, as the guest RAM region starting at `start`, backed by transparent huge pages
+/// if `huge_pages` and the host allow. Untouched pages cost nothing.
+pub fn map_region(start: GuestAddress, len: usize, huge_pages: bool) -> io::Result<RamRegion> {
     let total = len
         .checked_add(HUGE_PAGE)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
@@ -90,9 +93,14 @@ pub fn map_region(start: GuestAddress, len: usize) -> io::Result<RamRegion> {
         }
     }
     let owner = RamMapping { addr, len };
+    let advice = if huge_pages {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
     // SAFETY: `addr..addr + len` is a private anonymous mapping we own; advice only changes how
-    // the kernel backs it. Failure (THP disabled or unsupported) is harmless.
-    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    // the kernel backs it. Failure (a kernel without THP) is harmless.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
     // SAFETY: `addr..addr + len` is a live mapping, owned from here on by `owner`, which the
     // region keeps (and drops, unmapping it) for as long as the region exists.
     let builder = unsafe {
@@ -109,10 +117,10 @@ pub fn map_region(start: GuestAddress, len: usize) -> io::Result<RamRegion> {
 }
 
 /// Guest RAM made of `regions` (start, length), each mapped by [`map_region`].
-pub fn map_ram(regions: &[(GuestAddress, usize)]) -> io::Result<GuestRam> {
+pub fn map_ram(regions: &[(GuestAddress, usize)], huge_pages: bool) -> io::Result<GuestRam> {
     let mapped = regions
         .iter()
-        .map(|&(start, len)| map_region(start, len))
+        .map(|&(start, len)| map_region(start, len, huge_pages))
         .collect::<io::Result<Vec<_>>>()?;
     GuestRam::from_regions(mapped).map_err(|e| io::Error::other(e.to_string()))
 }
@@ -124,10 +132,13 @@ mod tests {
 
     #[test]
     fn regions_are_aligned_usable_and_unmapped_on_drop() {
-        let mem = map_ram(&[
-            (GuestAddress(0), 6 << 20),
-            (GuestAddress(1 << 32), 4096 * 3),
-        ])
+        let mem = map_ram(
+            &[
+                (GuestAddress(0), 6 << 20),
+                (GuestAddress(1 << 32), 4096 * 3),
+            ],
+            true,
+        )
         .unwrap();
         let addrs: Vec<usize> = mem
             .iter()
@@ -159,8 +170,37 @@ mod tests {
         );
     }
 
+    /// The `VmFlags` line of the mapping that starts at `addr`, from `/proc/self/smaps`.
+    fn vm_flags(addr: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{addr:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
+        assert!(lines.next().is_some(), "no mapping starts at {header}");
+        let flags = lines
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .expect("VmFlags line");
+        flags.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn huge_page_advice_follows_the_choice() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        for (huge, flag, not) in [(true, "hg", "nh"), (false, "nh", "hg")] {
+            let region = map_region(GuestAddress(0), 4 << 20, huge).unwrap();
+            let addr = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .unwrap() as usize;
+            let flags = vm_flags(addr);
+            assert!(flags.iter().any(|f| f == flag), "huge={huge}: {flags:?}");
+            assert!(!flags.iter().any(|f| f == not), "huge={huge}: {flags:?}");
+        }
+    }
+
     #[test]
     fn absurd_sizes_fail_cleanly() {
-        assert!(map_region(GuestAddress(0), usize::MAX - 4095).is_err());
+        assert!(map_region(GuestAddress(0), usize::MAX - 4095, true).is_err());
     }
 }
